@@ -1,0 +1,55 @@
+"""Command line: ``python -m asr AUDIO... [--model ID] [--steps N] [--seed S] [--device D] [--format F]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+FORMATS = ("txt", "json", "srt", "vtt")
+
+
+def parser() -> argparse.ArgumentParser:
+    from .loading import DEFAULT_MODEL
+
+    p = argparse.ArgumentParser(prog="python -m asr", description="Transcribe audio with diffusion-gemma-asr.")
+    p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3, ...)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id, adapter folder/.pt, or tiny-random (default {DEFAULT_MODEL})")
+    p.add_argument("--steps", type=int, default=16, help="denoising steps (default 16)")
+    p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible output")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--format", choices=FORMATS, default="txt", help="output format (default txt)")
+    p.add_argument("--output-dir", type=Path, default=None, help="write AUDIO_STEM.FORMAT files here instead of stdout")
+    p.add_argument("--no-steps", action="store_true", help="json: leave out the per-step canvases")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.steps < 1:
+        parser().error("--steps must be at least 1")
+    from .audio import AudioError
+    from .loading import ModelLoadError, load
+
+    try:
+        pipe = load(args.model, device=args.device)
+    except ModelLoadError as exc:
+        print(f"error: cannot load {args.model}: {exc}", file=sys.stderr)
+        return 2
+    failed = 0
+    for path in args.audio:
+        try:
+            transcript = pipe.transcribe(path, steps=args.steps, seed=args.seed, record_steps=not args.no_steps)
+        except AudioError as exc:
+            print(f"error: {path}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        text = transcript.to_json(steps=not args.no_steps) if args.format == "json" else transcript.format(args.format)
+        if args.output_dir:
+            args.output_dir.mkdir(parents=True, exist_ok=True)
+            out = args.output_dir / f"{Path(path).stem}.{args.format}"
+            out.write_text(text, encoding="utf-8")
+            print(f"{path} -> {out}", file=sys.stderr)
+        else:
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 1 if failed else 0

@@ -1,0 +1,163 @@
+"""Denoising the transcript canvas, step by step, with a record of every step.
+
+The loop is transformers' ``DiffusionGemmaForBlockDiffusion.generate()`` inner loop (one canvas), driven with the
+library's own sampler, temperature schedule and stopping rule, and consuming random numbers in the same order:
+for the same seed it returns exactly the canvas ``generate()`` returns (tests/test_decoding.py checks this).
+Unlike ``generate()`` it takes an explicit ``torch.Generator`` (no global RNG state shared between requests) and
+records, per step, the input canvas, the sampled canvas, the argmax draft, the accepted mask, the confidence and
+the entropy of every position. The record stays on the device and is copied to the host once at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import Cache
+from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
+    EntropyBoundSampler,
+    EntropyBoundSamplerConfig,
+    LinearTemperatureScheduleLogitsProcessor,
+    StableAndConfidentStoppingCriteria,
+)
+
+from .transcript import StepTrace
+
+
+@dataclass(frozen=True)
+class DenoiseOptions:
+    """Sampling settings; the defaults are DiffusionGemma's, except ``steps`` (16, the adapter's default)."""
+
+    steps: int = 16
+    entropy_bound: float = 0.1
+    t_min: float = 0.4
+    t_max: float = 0.8
+    stability_threshold: int = 1
+    confidence_threshold: float = 0.005
+    early_stop: bool = True  # stop once the draft is stable and confident (as generate() does)
+
+    def __post_init__(self):
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
+            raise ValueError(f"steps must be an integer from 1 to 1000, got {self.steps!r}")
+        if not 0 <= self.t_min < self.t_max:
+            raise ValueError(f"need 0 <= t_min < t_max, got {self.t_min}, {self.t_max}")
+
+
+@dataclass
+class DenoiseResult:
+    tokens: torch.Tensor  # (B, canvas) the final argmax canvas
+    steps_run: int
+    trace: list[StepTrace] | None  # one per batch row, on the host
+
+
+@torch.no_grad()
+def denoise(
+    backbone,
+    cache: Cache,
+    prompt_length: int,
+    batch_size: int,
+    options: DenoiseOptions = DenoiseOptions(),
+    generator: torch.Generator | None = None,
+    record: bool = True,
+) -> DenoiseResult:
+    """Denoise one canvas per batch row, attending to the prefilled prompt ``cache`` of ``prompt_length`` tokens."""
+    config = backbone.config
+    vocab, canvas_length = config.text_config.vocab_size, config.canvas_length
+    device = backbone.device
+    sampler = EntropyBoundSampler(
+        EntropyBoundSamplerConfig(entropy_bound=options.entropy_bound), canvas_length, vocab, options.steps
+    )
+    temperature = LinearTemperatureScheduleLogitsProcessor(options.t_min, options.t_max, options.steps)
+    stopper = (
+        StableAndConfidentStoppingCriteria(options.stability_threshold, options.confidence_threshold)
+        if options.early_stop
+        else None
+    )
+    decoder_mask = torch.ones((batch_size, prompt_length + canvas_length), dtype=torch.bool, device=device)
+    positions = torch.arange(prompt_length, prompt_length + canvas_length, dtype=torch.int32, device=device)[None]
+
+    canvas = torch.randint(0, vocab, (batch_size, canvas_length), device=device, generator=generator)
+    mask_mapping = backbone.model.decoder.create_diffusion_decoder_attention_mask(
+        config=config, inputs_embeds=canvas.unsqueeze(-1), past_key_values=cache, decoder_attention_mask=decoder_mask
+    )
+    argmax = canvas
+    self_conditioning = None
+    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    rec = _Recorder(options.steps, batch_size, canvas_length, device) if record else None
+    embed_dtype = backbone.model.decoder.embed_tokens.weight.dtype
+
+    steps_run = 0
+    for remaining in range(options.steps, 0, -1):
+        logits = backbone(
+            decoder_input_ids=canvas,
+            self_conditioning_logits=self_conditioning,
+            decoder_attention_mask=mask_mapping,
+            past_key_values=cache,
+            decoder_position_ids=positions,
+        ).logits
+        scaled = temperature(None, logits, cur_step=remaining)
+        probs = torch.softmax(scaled, dim=-1, dtype=torch.float32)
+        sampled = torch.multinomial(probs.view(-1, vocab), 1, generator=generator).view(batch_size, canvas_length)
+        new_argmax = scaled.argmax(dim=-1)
+        accepted_canvas = sampler.accept_canvas(canvas, sampled, scaled, remaining)
+        accepted = sampler.accepted_token_mask
+        noise = torch.randint(0, vocab, (batch_size, canvas_length), device=device, generator=generator)
+        new_canvas = torch.where(accepted, accepted_canvas, noise)
+        if rec is not None:
+            rec.put(steps_run, remaining / options.steps, options, canvas, sampled, new_argmax, accepted, probs, scaled)
+        if stopper is not None:
+            if finished.any():  # rows that stopped earlier keep their result (as in generate())
+                new_argmax = torch.where(finished[:, None], argmax, new_argmax)
+                new_canvas = torch.where(finished[:, None], canvas, new_canvas)
+                scaled = torch.where(finished[:, None, None], self_conditioning, scaled)
+            finished |= stopper(new_argmax, scaled)
+        canvas, argmax = new_canvas, new_argmax
+        self_conditioning = scaled.to(embed_dtype)
+        steps_run += 1
+        if stopper is not None and bool(finished.all()):
+            break
+    trace = rec.to_host(steps_run) if rec is not None else None
+    return DenoiseResult(tokens=argmax, steps_run=steps_run, trace=trace)
+
+
+class _Recorder:
+    """Per-step buffers kept on the device; copied to the host once."""
+
+    def __init__(self, steps: int, batch: int, length: int, device: torch.device):
+        shape = (steps, batch, length)
+        self.temperature = torch.zeros(steps)
+        self.canvas = torch.zeros(shape, dtype=torch.int32, device=device)
+        self.sampled = torch.zeros(shape, dtype=torch.int32, device=device)
+        self.argmax = torch.zeros(shape, dtype=torch.int32, device=device)
+        self.accepted = torch.zeros(shape, dtype=torch.bool, device=device)
+        self.confidence = torch.zeros(shape, dtype=torch.float16, device=device)
+        self.entropy = torch.zeros(shape, dtype=torch.float16, device=device)
+
+    def put(self, i, fraction, options, canvas, sampled, argmax, accepted, probs, scaled) -> None:
+        self.temperature[i] = options.t_min + (options.t_max - options.t_min) * fraction
+        self.canvas[i] = canvas
+        self.sampled[i] = sampled
+        self.argmax[i] = argmax
+        self.accepted[i] = accepted
+        self.confidence[i] = probs.amax(dim=-1)
+        self.entropy[i] = torch.distributions.Categorical(logits=scaled).entropy()
+
+    def to_host(self, steps: int) -> list[StepTrace]:
+        arrays = {
+            name: getattr(self, name)[:steps].cpu().numpy()
+            for name in ("canvas", "sampled", "argmax", "accepted", "confidence", "entropy")
+        }
+        temperature = self.temperature[:steps].numpy()
+        batch = arrays["canvas"].shape[1]
+        return [StepTrace(temperature=temperature, **{k: v[:, b] for k, v in arrays.items()}) for b in range(batch)]
+
+
+def trim_tokens(tokens: list[int], eos_ids: list[int], pad_id: int) -> list[int]:
+    """Tokens up to (not including) the first end-of-sequence id, without padding."""
+    out = []
+    for t in tokens:
+        if t in eos_ids:
+            break
+        if t != pad_id:
+            out.append(t)
+    return out

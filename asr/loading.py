@@ -1,0 +1,299 @@
+"""Loading: the real model from the hub or a folder, the adapter checkpoint, and the tiny random stack.
+
+``asr.load(name)`` resolves ``name`` as:
+
+- ``"tiny-random"``: a ~0.3 M-parameter stack of the real classes with random weights, built in code (tests, CI).
+  Its transcripts are noise by construction; it is never presented as a real model.
+- a path to ``diffusion_asr_small.pt`` or to a folder holding it: that adapter on the real backbone and encoder;
+- a hub id (default ``interfaze-ai/diffusion-gemma-asr-small``): the adapter downloaded with ``HF_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import torch
+from transformers import DiffusionGemmaForBlockDiffusion, WhisperFeatureExtractor
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from . import model as M
+from .model import Projector, ProjectorLayoutError, SpeechModel
+
+DEFAULT_MODEL = "interfaze-ai/diffusion-gemma-asr-small"
+ADAPTER_FILE = "diffusion_asr_small.pt"
+BACKBONE = "google/diffusiongemma-26B-A4B-it"
+WHISPER = "openai/whisper-small"
+DEFAULT_CANVAS = 192  # the model card's canvas; a checkpoint's "canvas_length" entry overrides it
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says why and what to do."""
+
+
+class AdapterError(ModelLoadError):
+    """The adapter checkpoint does not fit the model (missing/unexpected keys, wrong shapes)."""
+
+
+_cache: dict[tuple, object] = {}
+_lock = threading.Lock()
+
+
+def load(
+    model: str = DEFAULT_MODEL,
+    device: str = "auto",
+    dtype: torch.dtype | None = None,
+    *,
+    backbone: str = BACKBONE,
+    whisper: str = WHISPER,
+    canvas_length: int | None = None,
+    lora_alpha: float | None = None,
+):
+    """Load (once per argument set, then from cache) and return a :class:`asr.Pipeline`.
+
+    ``device="auto"`` picks CUDA when present; ``dtype`` defaults to bfloat16 on CUDA and float32 on CPU.
+    """
+    from .pipeline import Pipeline
+
+    device = resolve_device(device)
+    dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    key = (model, device, dtype, backbone, whisper, canvas_length, lora_alpha)
+    with _lock:
+        if key not in _cache:
+            speech, tokenizer, features = build(model, device, dtype, backbone, whisper, canvas_length, lora_alpha)
+            label = model
+            if "tiny-random" in (model, backbone):
+                label += " (random weights: output is noise, for tests only)"
+            speech = speech.to(device=device, dtype=dtype).eval()
+            _cache[key] = Pipeline(speech, tokenizer, features, name=label, device=device)
+        return _cache[key]
+
+
+def build(model, device, dtype, backbone=BACKBONE, whisper=WHISPER, canvas_length=None, lora_alpha=None):
+    """Build the parts of a pipeline: ``(SpeechModel, tokenizer, feature extractor)``."""
+    if model == "tiny-random":
+        return build_tiny(seed=0)
+    ckpt = read_adapter(_fetch(model, ADAPTER_FILE, os.environ.get("HF_TOKEN") or None, gated=True))
+    if backbone == "tiny-random":
+        whisper_enc, bb, tokenizer, features = _tiny_parts(seed=0, canvas_length=canvas_length or 16)
+    else:
+        whisper_enc, bb, tokenizer, features = _real_parts(backbone, whisper, device, dtype)
+        bb.config.canvas_length = canvas_length or int(ckpt.get("canvas_length", DEFAULT_CANVAS))
+    eos = bb.generation_config.eos_token_id or bb.config.text_config.eos_token_id
+    prompt_text = {"prefix": ckpt["prompt"][0], "suffix": ckpt["prompt"][1]} if "prompt" in ckpt else {}
+    prompt = M.prompt_format_from_tokenizer(tokenizer, eos_ids=eos if isinstance(eos, list) else [eos], **prompt_text)
+    projector = adapter_projector(ckpt)
+    try:
+        speech = SpeechModel(whisper_enc, projector, bb, prompt)
+    except ProjectorLayoutError as exc:
+        raise AdapterError(f"projector: {exc}") from exc
+    load_lora(bb, ckpt, lora_alpha)
+    return speech, tokenizer, features
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' was asked for, but torch sees no CUDA GPU; use --device cpu")
+    return device
+
+
+# --- tiny random stack ---------------------------------------------------------------------------------------------
+
+
+def byte_tokenizer(vocab_size: int = 512):
+    """A byte-level tokenizer (256 bytes + Gemma-style specials) built in code, for small backbones."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for ch in bytes_to_unicode().values():
+        vocab[ch] = len(vocab)
+    markers = ["<|turn>", "<turn|>", *M.AUDIO_TOKENS]
+    for tok in markers:
+        vocab[tok] = len(vocab)
+    if len(vocab) > vocab_size:
+        raise ValueError(f"byte tokenizer needs {len(vocab)} ids, vocab_size is {vocab_size}")
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>"
+    )
+    tok.add_special_tokens({"additional_special_tokens": markers})
+    return tok
+
+
+def _tiny_parts(seed: int = 0, canvas_length: int = 16):
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        whisper = WhisperEncoder(M.tiny_whisper_config())
+        backbone = DiffusionGemmaForBlockDiffusion(M.tiny_backbone_config(canvas_length=canvas_length))
+    finally:
+        torch.random.set_rng_state(gen_state)
+    tokenizer = byte_tokenizer(backbone.config.text_config.vocab_size)
+    return whisper, backbone, tokenizer, WhisperFeatureExtractor(feature_size=80)
+
+
+def build_tiny(seed: int = 0, canvas_length: int = 16) -> tuple[SpeechModel, object, WhisperFeatureExtractor]:
+    """The tiny-random stack: real WhisperEncoder, Projector and DiffusionGemmaForBlockDiffusion, random weights."""
+    whisper, backbone, tokenizer, features = _tiny_parts(seed, canvas_length)
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed + 1)
+    try:
+        projector = Projector(M.default_projector_layout(whisper.config.d_model, 48, backbone.config.text_config.hidden_size))
+    finally:
+        torch.random.set_rng_state(gen_state)
+    prompt = M.prompt_format_from_tokenizer(tokenizer, eos_ids=[tokenizer.eos_token_id])
+    return SpeechModel(whisper, projector, backbone, prompt), tokenizer, features
+
+
+# --- adapter checkpoint --------------------------------------------------------------------------------------------
+
+
+def read_adapter(path: str | os.PathLike) -> dict:
+    """Read ``diffusion_asr_small.pt`` (``{"projector": state_dict, "lora": state_dict, ...}``) safely."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise AdapterError(f"{path} is not a readable adapter checkpoint: {exc}") from exc
+    if not isinstance(ckpt, dict) or "projector" not in ckpt:
+        found = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise AdapterError(f"{path} should hold a dict with 'projector' and 'lora' state dicts; found {found}")
+    return ckpt
+
+
+def adapter_projector(ckpt: dict) -> Projector:
+    """The checkpoint's projector, its layout read from the keys and shapes, loaded strictly."""
+    proj_state = ckpt["projector"]
+    try:
+        projector = Projector(Projector.layout_from_state_dict(proj_state))
+    except ProjectorLayoutError as exc:
+        raise AdapterError(f"projector: {exc}") from exc
+    _strict_load(projector, Projector.canonical_keys(proj_state), "projector")
+    return projector
+
+
+def load_lora(backbone: torch.nn.Module, ckpt: dict, lora_alpha: float | None = None) -> None:
+    """Inject the checkpoint's LoRA (targets and ranks read from its keys) into ``backbone`` and load it.
+
+    Raises :class:`AdapterError` listing missing/unexpected keys and shape mismatches.
+    """
+    lora_state = {M.normalise_lora_key(k): v for k, v in (ckpt.get("lora") or {}).items()}
+    if not lora_state:
+        return
+    ranks = M.lora_layout(lora_state)
+    modules = dict(backbone.named_modules())
+    missing_targets = sorted(n for n in ranks if n not in modules)
+    if missing_targets:
+        raise AdapterError(
+            f"LoRA targets {len(missing_targets)} modules the backbone does not have, e.g. {missing_targets[:5]}"
+        )
+    M.inject_lora(backbone, ranks, lora_alpha if lora_alpha is not None else ckpt.get("lora_alpha"))
+    params = {M.normalise_lora_key(n): p for n, p in backbone.named_parameters() if ".lora_" in n}
+    problems = _key_problems(set(params), set(lora_state))
+    problems += [
+        f"shape of {k}: checkpoint {tuple(lora_state[k].shape)}, model {tuple(params[k].shape)}"
+        for k in sorted(set(params) & set(lora_state))
+        if params[k].shape != lora_state[k].shape
+    ]
+    if problems:
+        raise AdapterError("LoRA weights do not fit the backbone:\n  " + "\n  ".join(problems[:20]))
+    with torch.no_grad():
+        for key, param in params.items():
+            param.copy_(lora_state[key])
+
+
+def _strict_load(module: torch.nn.Module, state: dict, what: str) -> None:
+    own = module.state_dict()
+    problems = _key_problems(set(own), set(state))
+    problems += [
+        f"shape of {k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if own[k].shape != state[k].shape
+    ]
+    if problems:
+        raise AdapterError(f"{what} weights do not fit:\n  " + "\n  ".join(problems[:20]))
+    module.load_state_dict(state)
+
+
+def _key_problems(expected: set[str], found: set[str]) -> list[str]:
+    out = []
+    if missing := sorted(expected - found):
+        out.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+    if unexpected := sorted(found - expected):
+        out.append(
+            f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}"
+        )
+    return out
+
+
+def save_adapter(speech: SpeechModel, path: str | os.PathLike, **extra) -> None:
+    """Write the projector and LoRA weights in the released checkpoint's format."""
+    lora = {M.normalise_lora_key(n): p.detach().cpu() for n, p in speech.backbone.named_parameters() if ".lora_" in n}
+    projector = {k: v.detach().cpu() for k, v in speech.projector.state_dict().items()}
+    torch.save({"projector": projector, "lora": lora, **extra}, path)
+
+
+# --- the real model ------------------------------------------------------------------------------------------------
+
+
+def _real_parts(backbone_id: str, whisper_id: str, device: str, dtype: torch.dtype):
+    """The real backbone, whisper encoder, tokenizer and feature extractor from the hub (or its cache)."""
+    from transformers import AutoTokenizer, WhisperModel
+
+    token = os.environ.get("HF_TOKEN") or None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(backbone_id, token=token)
+        features = WhisperFeatureExtractor.from_pretrained(whisper_id, token=token)
+        whisper = WhisperModel.from_pretrained(whisper_id, token=token, dtype=dtype).get_encoder()
+        backbone = DiffusionGemmaForBlockDiffusion.from_pretrained(
+            backbone_id, token=token, dtype=dtype, device_map=device
+        )
+    except torch.OutOfMemoryError as exc:
+        raise ModelLoadError(
+            f"not enough GPU memory for {backbone_id} in {dtype} (~52 GB in bf16): {exc}. "
+            "Use a larger GPU, or ASR_MODEL=tiny-random to try the interface."
+        ) from exc
+    except OSError as exc:
+        raise ModelLoadError(_explain_hub_error(backbone_id, exc)) from exc
+    return whisper, backbone, tokenizer, features
+
+
+def _fetch(model: str, filename: str, token: str | None, gated: bool) -> Path:
+    path = Path(model)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if not (path / filename).is_file():
+            raise ModelLoadError(f"{path} holds no {filename}")
+        return path / filename
+    if model.startswith((".", "/")) or model.count("/") != 1:
+        raise ModelLoadError(f"{model!r} is neither a local file/folder nor a hub id like 'owner/name'")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(model, filename, token=token))
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(_explain_hub_error(model, exc, gated)) from exc
+
+
+def _explain_hub_error(repo: str, exc: Exception, gated: bool = False) -> str:
+    name = type(exc).__name__
+    text = str(exc).splitlines()[0] if str(exc) else name
+    if "Gated" in name or "401" in text or "403" in text or "gated" in text.lower():
+        return (
+            f"{repo} is gated: accept its terms at https://huggingface.co/{repo} and set HF_TOKEN to a token of "
+            f"that account ({text})"
+        )
+    if "RepositoryNotFound" in name or "404" in text:
+        return f"{repo} was not found on the hub (or is private and HF_TOKEN is missing) ({text})"
+    if any(s in name for s in ("Connection", "Offline", "LocalEntryNotFound", "Timeout")) or "offline" in text.lower():
+        return f"cannot reach the Hugging Face hub to download {repo} and it is not in the local cache ({text})"
+    hint = " (set HF_TOKEN if it is gated)" if gated and not os.environ.get("HF_TOKEN") else ""
+    return f"could not load {repo}: {text}{hint}"

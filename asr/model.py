@@ -1,0 +1,367 @@
+"""The model: frozen whisper encoder -> projector -> audio slots of the DiffusionGemma prompt -> prefilled KV cache.
+
+The denoising of the transcript canvas lives in :mod:`asr.decoding`; this module ends at the prompt's KV cache.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, WhisperConfig
+from transformers.cache_utils import DynamicCache
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+# Gemma 4 vocabulary ids of the audio markers (the real tokenizer is asked too; these are what it must say).
+AUDIO_START_ID = 256_000  # <|audio>
+AUDIO_TOKEN_ID = 258_881  # <|audio|>, one placeholder per audio embedding
+AUDIO_END_ID = 258_883  # <audio|>
+AUDIO_TOKENS = ("<|audio>", "<|audio|>", "<audio|>")
+SUBSAMPLING = 8  # whisper frames per audio embedding
+
+
+class ProjectorLayoutError(ValueError):
+    """A projector state dict whose layers cannot be understood."""
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One projector layer: ``conv`` (Conv1d, stride ``stride``), ``linear`` or ``norm`` (LayerNorm)."""
+
+    kind: str
+    in_dim: int
+    out_dim: int
+    kernel: int = 1
+    stride: int = 1
+    bias: bool = True
+
+
+def default_projector_layout(in_dim: int, hidden: int, out_dim: int) -> list[LayerSpec]:
+    """Three stride-2 convolutions (x8 in time) then a two-layer MLP: 768 -> 1280 -> 2816 is ~18 M params."""
+    return [
+        LayerSpec("conv", in_dim, hidden, 3, 2),
+        LayerSpec("conv", hidden, hidden, 3, 2),
+        LayerSpec("conv", hidden, hidden, 3, 2),
+        LayerSpec("linear", hidden, hidden),
+        LayerSpec("linear", hidden, out_dim),
+    ]
+
+
+class Projector(nn.Module):
+    """Whisper frames (B, T, d_whisper) -> audio embeddings (B, ceil(T/8), d_backbone).
+
+    Convolutions (each followed by GELU) subsample in time; linear layers (GELU between them) map to the backbone
+    width; ``norm`` layers are LayerNorms over the feature dimension.
+    """
+
+    def __init__(self, layout: list[LayerSpec]):
+        super().__init__()
+        self.layout = list(layout)
+        layers: list[nn.Module] = []
+        for spec in self.layout:
+            if spec.kind == "conv":
+                layers.append(
+                    nn.Conv1d(spec.in_dim, spec.out_dim, spec.kernel, spec.stride, spec.kernel // 2, bias=spec.bias)
+                )
+            elif spec.kind == "linear":
+                layers.append(nn.Linear(spec.in_dim, spec.out_dim, bias=spec.bias))
+            elif spec.kind == "norm":
+                layers.append(nn.LayerNorm(spec.in_dim, elementwise_affine=True, bias=spec.bias))
+            else:
+                raise ProjectorLayoutError(f"unknown projector layer kind {spec.kind!r}")
+        self.layers = nn.ModuleList(layers)
+        last_linear = max((i for i, s in enumerate(self.layout) if s.kind == "linear"), default=-1)
+        self._activate = [s.kind == "conv" or (s.kind == "linear" and i != last_linear) for i, s in enumerate(layout)]
+
+    @property
+    def in_dim(self) -> int:
+        return self.layout[0].in_dim
+
+    @property
+    def out_dim(self) -> int:
+        return [s for s in self.layout if s.kind != "norm"][-1].out_dim
+
+    def num_slots(self, frames: int) -> int:
+        """How many embeddings ``frames`` whisper frames become."""
+        for spec in self.layout:
+            if spec.kind == "conv":
+                pad = spec.kernel // 2
+                frames = (frames + 2 * pad - spec.kernel) // spec.stride + 1
+        return frames
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels_first = False
+        for layer, spec, act in zip(self.layers, self.layout, self._activate):
+            if spec.kind == "conv":
+                if not channels_first:
+                    x, channels_first = x.transpose(1, 2), True
+            elif channels_first:
+                x, channels_first = x.transpose(1, 2), False
+            x = layer(x)
+            if act:
+                x = nn.functional.gelu(x)
+        return x.transpose(1, 2) if channels_first else x
+
+    @classmethod
+    def layout_from_state_dict(cls, state: dict[str, torch.Tensor]) -> list[LayerSpec]:
+        """Read the layer layout from a state dict's keys and shapes (layers in key order).
+
+        3-D weights are Conv1d (stride 2 when there are three convolutions, as x8 subsampling implies), 2-D
+        weights Linear, 1-D weights LayerNorm. Anything else raises :class:`ProjectorLayoutError`.
+        """
+        groups: dict[str, dict[str, torch.Tensor]] = {}
+        for key, value in state.items():
+            prefix, _, leaf = key.rpartition(".")
+            groups.setdefault(prefix, {})[leaf] = value
+        order = sorted(groups, key=_natural_key) if all(re.search(r"\d", p) for p in groups) else list(groups)
+        specs: list[LayerSpec] = []
+        for prefix in order:
+            params = groups[prefix]
+            if set(params) - {"weight", "bias"} or "weight" not in params:
+                raise ProjectorLayoutError(
+                    f"projector layer {prefix!r} has parameters {sorted(params)}; expected weight and bias"
+                )
+            w, has_bias = params["weight"], "bias" in params
+            if w.ndim == 3:
+                specs.append(LayerSpec("conv", w.shape[1], w.shape[0], w.shape[2], 0, has_bias))
+            elif w.ndim == 2:
+                specs.append(LayerSpec("linear", w.shape[1], w.shape[0], bias=has_bias))
+            elif w.ndim == 1:
+                specs.append(LayerSpec("norm", w.shape[0], w.shape[0], bias=has_bias))
+            else:
+                raise ProjectorLayoutError(f"projector layer {prefix!r} has a {w.ndim}-D weight {tuple(w.shape)}")
+        convs = sum(s.kind == "conv" for s in specs)
+        stride = round(SUBSAMPLING ** (1 / convs)) if convs else 1
+        if convs and stride**convs != SUBSAMPLING:
+            raise ProjectorLayoutError(f"{convs} convolutions cannot subsample x{SUBSAMPLING} with equal strides")
+        return [LayerSpec(s.kind, s.in_dim, s.out_dim, s.kernel, stride, s.bias) if s.kind == "conv" else s for s in specs]
+
+    @staticmethod
+    def canonical_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rename a checkpoint's projector keys to this module's (``layers.N.weight``), in layout order."""
+        prefixes: list[str] = []
+        for key in state:
+            prefix = key.rpartition(".")[0]
+            if prefix not in prefixes:
+                prefixes.append(prefix)
+        if all(re.search(r"\d", p) for p in prefixes):
+            prefixes.sort(key=_natural_key)
+        index = {p: i for i, p in enumerate(prefixes)}
+        return {f"layers.{index[k.rpartition('.')[0]]}.{k.rpartition('.')[2]}": v for k, v in state.items()}
+
+
+def _natural_key(text: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+@dataclass
+class PromptFormat:
+    """Token ids of the encoder prompt: ``prefix <|audio> <|audio|> x N <audio|> suffix``."""
+
+    prefix: list[int]
+    suffix: list[int]
+    audio_start_id: int = AUDIO_START_ID
+    audio_token_id: int = AUDIO_TOKEN_ID
+    audio_end_id: int = AUDIO_END_ID
+    eos_ids: list[int] = field(default_factory=lambda: [1])
+    pad_id: int = 0
+
+    def ids(self, num_slots: int) -> list[int]:
+        return [*self.prefix, self.audio_start_id, *([self.audio_token_id] * num_slots), self.audio_end_id, *self.suffix]
+
+
+# Gemma 4 chat turn asking for a transcript. The released adapter's exact training prompt is not public; a
+# checkpoint may carry its own ("prompt" entry), which then replaces these two strings.
+PROMPT_PREFIX = "<|turn>user\n"
+PROMPT_SUFFIX = "Transcribe the audio.<turn|>\n<|turn>model\n"
+
+
+def prompt_format_from_tokenizer(tokenizer, eos_ids: list[int], prefix: str = PROMPT_PREFIX, suffix: str = PROMPT_SUFFIX) -> PromptFormat:
+    """Build the prompt ids with ``tokenizer`` (which must know the three audio marker tokens)."""
+    ids = tokenizer.convert_tokens_to_ids(list(AUDIO_TOKENS))
+    if any(i is None or i == tokenizer.unk_token_id for i in ids):
+        raise ValueError(f"the tokenizer lacks the audio tokens {AUDIO_TOKENS}")
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    encode = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+    return PromptFormat(
+        prefix=bos + encode(prefix),
+        suffix=encode(suffix),
+        audio_start_id=ids[0],
+        audio_token_id=ids[1],
+        audio_end_id=ids[2],
+        eos_ids=list(eos_ids),
+        pad_id=tokenizer.pad_token_id or 0,
+    )
+
+
+class SpeechModel(nn.Module):
+    """whisper encoder + projector + DiffusionGemma backbone (LoRA already injected, if any) + prompt format."""
+
+    def __init__(
+        self, whisper: WhisperEncoder, projector: Projector, backbone: DiffusionGemmaForBlockDiffusion, prompt: PromptFormat
+    ):
+        super().__init__()
+        self.whisper = whisper.eval().requires_grad_(False)
+        self.projector = projector
+        self.backbone = backbone
+        self.prompt = prompt
+        hidden = backbone.config.text_config.hidden_size
+        if projector.out_dim != hidden:
+            raise ProjectorLayoutError(f"projector outputs {projector.out_dim} features, the backbone expects {hidden}")
+        if projector.in_dim != whisper.config.d_model:
+            raise ProjectorLayoutError(f"projector takes {projector.in_dim} features, whisper gives {whisper.config.d_model}")
+
+    @property
+    def num_slots(self) -> int:
+        """Audio embeddings per 30 s window (188 for whisper-small's 1500 frames)."""
+        return self.projector.num_slots(self.whisper.config.max_source_positions)
+
+    @property
+    def canvas_length(self) -> int:
+        return self.backbone.config.canvas_length
+
+    def embed_audio(self, features: torch.Tensor) -> torch.Tensor:
+        """Log-mel features (B, n_mels, 3000) -> audio embeddings (B, slots, hidden), in the backbone's dtype."""
+        dtype = next(self.whisper.parameters()).dtype
+        frames = self.whisper(features.to(dtype)).last_hidden_state
+        proj_dtype = next(self.projector.parameters()).dtype
+        emb = self.projector(frames.to(proj_dtype))
+        return emb.to(self.backbone.dtype)
+
+    def prompt_embeddings(self, audio_embeds: torch.Tensor) -> torch.Tensor:
+        """Embed the prompt ids and put the audio embeddings in the ``<|audio|>`` rows (unscaled, like image tokens)."""
+        batch, slots, _ = audio_embeds.shape
+        ids = torch.tensor([self.prompt.ids(slots)] * batch, device=audio_embeds.device)
+        embeds = self.backbone.model.encoder.get_input_embeddings()(ids)
+        mask = (ids == self.prompt.audio_token_id).unsqueeze(-1)
+        return embeds.masked_scatter(mask, audio_embeds.to(embeds.dtype))
+
+    def prefill(self, inputs_embeds: torch.Tensor, cache: DynamicCache | None = None) -> DynamicCache:
+        """Run the causal encoder over ``inputs_embeds`` (appending to ``cache``) and return the KV cache.
+
+        The mask dict is built here: in transformers 5.23 the encoder model computes and then drops it.
+        """
+        encoder = self.backbone.model.encoder
+        if cache is None:
+            cache = DynamicCache(config=self.backbone.config.get_text_config(decoder=True))
+        past = cache.get_seq_length()
+        batch, length, _ = inputs_embeds.shape
+        position_ids = torch.arange(past, past + length, dtype=torch.int32, device=inputs_embeds.device).unsqueeze(0)
+        attention_mask = torch.ones((batch, past + length), dtype=torch.bool, device=inputs_embeds.device)
+        masks = encoder.create_masks_for_generate(
+            config=self.backbone.config,
+            inputs_embeds=torch.empty((batch, length, 0), dtype=inputs_embeds.dtype, device=inputs_embeds.device),
+            attention_mask=attention_mask,
+            past_key_values=cache,
+            position_ids=position_ids,
+        )
+        encoder.language_model(
+            inputs_embeds=inputs_embeds, attention_mask=masks, position_ids=position_ids, past_key_values=cache
+        )
+        return cache
+
+    def encode(self, features: torch.Tensor) -> tuple[DynamicCache, int]:
+        """Features -> prefilled KV cache of the whole prompt, and the prompt length."""
+        embeds = self.prompt_embeddings(self.embed_audio(features))
+        return self.prefill(embeds), embeds.shape[1]
+
+
+# --- LoRA ---------------------------------------------------------------------------------------------------------
+
+LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
+
+
+def lora_layout(lora_state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Module name -> rank, read from a LoRA state dict (peft's key format, with or without adapter name)."""
+    ranks: dict[str, int] = {}
+    for key, value in lora_state.items():
+        name = normalise_lora_key(key)
+        if name.endswith(".lora_A.weight"):
+            ranks[name[: -len(".lora_A.weight")]] = int(value.shape[0])
+    return ranks
+
+
+def normalise_lora_key(key: str) -> str:
+    """``base_model.model.X.lora_A.default.weight`` -> ``X.lora_A.weight``."""
+    key = re.sub(r"^(base_model\.model\.)+", "", key)
+    return re.sub(r"\.(lora_[AB])\.[^.]+\.weight$", r".\1.weight", key)
+
+
+def inject_lora(backbone: nn.Module, ranks: dict[str, int], alpha: float | None = None) -> None:
+    """Add LoRA layers (peft) at the named modules of ``backbone`` with the given ranks, in place.
+
+    ``alpha`` defaults to the rank (scaling 1): the released checkpoint does not record its alpha.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if not ranks:
+        return
+    rank = max(set(ranks.values()), key=list(ranks.values()).count)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha if alpha is not None else rank,
+        target_modules=sorted(ranks),
+        rank_pattern={f"^{re.escape(k)}$": r for k, r in ranks.items() if r != rank},
+        alpha_pattern={f"^{re.escape(k)}$": (alpha if alpha is not None else r) for k, r in ranks.items() if r != rank},
+        lora_dropout=0.0,
+        bias="none",
+    )
+    inject_adapter_in_model(config, backbone)
+
+
+def attention_lora_targets(backbone: nn.Module, projections: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")) -> list[str]:
+    """Names of every encoder and decoder attention projection of ``backbone`` (the adapter's LoRA targets)."""
+    pattern = re.compile(r"model\.(encoder\.language_model|decoder)\.layers\.\d+\.self_attn\.(" + "|".join(projections) + r")$")
+    return [name for name, _ in backbone.named_modules() if pattern.match(name)]
+
+
+# --- configurations ---------------------------------------------------------------------------------------------
+
+
+def real_backbone_config(canvas_length: int = 192) -> DiffusionGemmaConfig:
+    """The architecture of google/diffusiongemma-26B-A4B-it (text part), for shape checks on the meta device."""
+    text = dict(
+        vocab_size=262_144, hidden_size=2816, intermediate_size=2112, num_hidden_layers=30, num_attention_heads=16,
+        num_key_value_heads=8, head_dim=256, global_head_dim=512, num_global_key_value_heads=2, num_experts=128,
+        top_k_experts=8, moe_intermediate_size=704, sliding_window=1024, use_bidirectional_attention="vision",
+    )  # fmt: skip
+    return DiffusionGemmaConfig(text_config=text, canvas_length=canvas_length)
+
+
+def whisper_small_config() -> WhisperConfig:
+    """openai/whisper-small: 12 encoder layers of width 768, 80 mel bins, 1500 frames per 30 s."""
+    return WhisperConfig(
+        d_model=768, encoder_layers=12, encoder_attention_heads=12, encoder_ffn_dim=3072, decoder_layers=12,
+        decoder_attention_heads=12, decoder_ffn_dim=3072, num_mel_bins=80, max_source_positions=1500,
+        vocab_size=51865,
+    )  # fmt: skip
+
+
+def tiny_backbone_config(vocab_size: int = 512, hidden: int = 64, canvas_length: int = 16) -> DiffusionGemmaConfig:
+    """A DiffusionGemma of ~200 k parameters with the real classes (see shared notes), for tests and CI."""
+    text = dict(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        layer_types=["sliding_attention", "full_attention"], num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, global_head_dim=32, num_global_key_value_heads=1, num_experts=4, top_k_experts=2,
+        moe_intermediate_size=32, sliding_window=16, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    )  # fmt: skip
+    vision = dict(
+        model_type="gemma4_vision", hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=16, patch_size=4, pooling_kernel_size=2, position_embedding_size=64,
+    )  # fmt: skip
+    return DiffusionGemmaConfig(
+        text_config=text, vision_config=vision, canvas_length=canvas_length,
+        image_token_id=vocab_size - 12, boi_token_id=vocab_size - 11, eoi_token_id=vocab_size - 10,
+    )  # fmt: skip
+
+
+def tiny_whisper_config() -> WhisperConfig:
+    """A one-layer whisper encoder with the real time geometry (80 mels, 3000 -> 1500 frames)."""
+    return WhisperConfig(
+        d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, decoder_layers=1,
+        decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80, max_source_positions=1500, vocab_size=64,
+        pad_token_id=0, bos_token_id=1, eos_token_id=1, decoder_start_token_id=1,
+    )  # fmt: skip
+

@@ -1,0 +1,118 @@
+"""The pipeline: audio -> segments -> features -> prompt cache -> denoised canvases -> :class:`Transcript`."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from . import audio as A
+from .decoding import DenoiseOptions, denoise, trim_tokens
+from .model import SpeechModel
+from .transcript import Segment, Timings, Transcript
+
+ProgressFn = Callable[[float, str], None]
+
+
+class Pipeline:
+    """A loaded model, ready to transcribe. Get one with :func:`asr.load`; safe to share between threads."""
+
+    def __init__(self, model: SpeechModel, tokenizer, feature_extractor, name: str, device: str):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.feature_extractor = feature_extractor
+        self.name = name
+        self.device = device
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        dtype = next(self.model.backbone.parameters()).dtype
+        return f"Pipeline({self.name!r}, device={self.device!r}, dtype={dtype}, canvas={self.model.canvas_length})"
+
+    @property
+    def is_random(self) -> bool:
+        """True for the tiny random-weight stack (its transcripts are noise)."""
+        return "random weights" in self.name
+
+    def features(self, chunks: list[np.ndarray]) -> torch.Tensor:
+        """Log-mel features of 16 kHz chunks, padded to the 30 s window: (B, n_mels, 3000)."""
+        out = self.feature_extractor(chunks, sampling_rate=A.SAMPLE_RATE, return_tensors="pt")
+        return out.input_features
+
+    def transcribe(
+        self,
+        audio: A.AudioInput,
+        steps: int = 16,
+        seed: int | None = None,
+        *,
+        sample_rate: int | None = None,
+        batch_size: int = 16,
+        options: DenoiseOptions | None = None,
+        record_steps: bool = True,
+        progress: ProgressFn | None = None,
+    ) -> Transcript:
+        """Transcribe ``audio`` (path, bytes, ``(rate, array)`` pair or 16 kHz array) with ``steps`` denoising steps.
+
+        Long audio is split at pauses into windows of at most 30 s, denoised together in batches of
+        ``batch_size``. ``seed`` makes the result reproducible (a random one is drawn and recorded when None).
+        Raises :class:`asr.AudioError` for unusable input.
+        """
+        options = options or DenoiseOptions(steps=steps)  # full sampler settings, when given, win over steps=
+        seed = secrets.randbits(31) if seed is None else int(seed)
+        started = time.perf_counter()
+        stages: dict[str, float] = {}
+
+        t = time.perf_counter()
+        wave = A.load_audio(audio, sample_rate=sample_rate)
+        spans = A.split_on_silence(wave)
+        stages["decode_audio"] = time.perf_counter() - t
+        timings = Timings(audio_seconds=len(wave) / A.SAMPLE_RATE, stages=stages)
+        segments: list[Segment] = []
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        for first in range(0, len(spans), batch_size):
+            batch = spans[first : first + batch_size]
+            if progress:
+                progress(first / max(1, len(spans)), f"segments {first + 1}-{first + len(batch)} of {len(spans)}")
+            segments += self._transcribe_batch(wave, batch, options, generator, record_steps, stages)
+        if progress:
+            progress(1.0, "done")
+        timings.wall_seconds = time.perf_counter() - started
+        return Transcript(segments=segments, timings=timings, model=self.name, steps=options.steps, seed=seed)
+
+    def _transcribe_batch(self, wave, spans, options, generator, record_steps, stages) -> list[Segment]:
+        def timed(name: str, fn):
+            t = time.perf_counter()
+            out = fn()
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            stages[name] = stages.get(name, 0.0) + time.perf_counter() - t
+            return out
+
+        feats = timed("features", lambda: self.features([A.cut(wave, s) for s in spans]))
+        with self._lock, torch.inference_mode():
+            feats = feats.to(self.device)
+            audio_embeds = timed("encoder+projector", lambda: self.model.embed_audio(feats))
+            embeds = self.model.prompt_embeddings(audio_embeds)
+            cache = timed("prefill", lambda: self.model.prefill(embeds))
+            result = timed(
+                "denoise",
+                lambda: denoise(
+                    self.model.backbone, cache, embeds.shape[1], len(spans), options, generator, record=record_steps
+                ),
+            )
+        prompt = self.model.prompt
+        segments = []
+        for i, span in enumerate(spans):
+            tokens = trim_tokens(result.tokens[i].tolist(), prompt.eos_ids, prompt.pad_id)
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            trace = result.trace[i] if result.trace is not None else None
+            segments.append(Segment(start=span.start, end=span.end, text=text, tokens=tokens, steps=trace))
+        return segments
+
+    def token_strings(self, ids: list[int]) -> list[str]:
+        """Readable text of each token id (for the visualiser): special tokens by name, bytes decoded."""
+        return [self.tokenizer.decode([i], skip_special_tokens=False) for i in ids]
