@@ -1,0 +1,317 @@
+"""Corpus WER/CER and speed of a model on a manifest of (audio, reference text) pairs.
+
+    python -m asr.evaluate --manifest test.tsv [--model ID] [--steps 8,16] [--seed 0] [--language en]
+
+A manifest is a TSV of ``audio_path<TAB>reference text`` lines (paths relative to the manifest; blank lines and
+lines starting with ``#`` are skipped) or a JSONL file (``.jsonl``/``.json``) of objects with ``audio`` and ``text``.
+Texts are normalised with Whisper's normalisers (English: ``EnglishTextNormalizer``; other languages:
+``BasicTextNormalizer``) and counted with jiwer over the whole corpus. RTFx is audio seconds / processing seconds
+(file -> text, everything included) after one untimed warm-up utterance. The last line printed is
+``WER <x>% CER <y>% RTFx <z>`` for the last step count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One manifest entry: an audio file and its reference transcript."""
+
+    audio: Path
+    text: str
+
+
+class ManifestError(ValueError):
+    """The manifest cannot be read (missing file, bad line, missing fields)."""
+
+
+def read_manifest(path: str | Path, check_files: bool = True) -> list[Utterance]:
+    """Read a TSV (``audio<TAB>text``) or JSONL (``{"audio": ..., "text": ...}``) manifest.
+
+    Relative audio paths are resolved against the manifest's folder. Raises :class:`ManifestError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"no such manifest: {path}")
+    base = path.parent
+    items: list[Utterance] = []
+    jsonl = path.suffix.lower() in (".jsonl", ".json", ".ndjson")
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        if jsonl:
+            try:
+                row = json.loads(line)
+                audio, text = row["audio"], row["text"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ManifestError(f"{path}:{number}: expected a JSON object with 'audio' and 'text' ({exc})") from exc
+        else:
+            if "\t" not in line:
+                raise ManifestError(f"{path}:{number}: expected 'audio_path<TAB>text'")
+            audio, text = line.split("\t", 1)
+        audio_path = Path(audio) if Path(audio).is_absolute() else base / audio
+        if (
+            number == 1
+            and not jsonl
+            and audio.strip().lower() in ("audio", "audio_path", "path")
+            and not audio_path.exists()
+        ):
+            continue  # a header line
+        if check_files and not audio_path.is_file():
+            raise ManifestError(f"{path}:{number}: no such audio file {audio_path}")
+        items.append(Utterance(audio_path, str(text).strip()))
+    if not items:
+        raise ManifestError(f"{path} lists no utterances")
+    return items
+
+
+def make_normalizer(language: str = "en") -> Callable[[str], str]:
+    """Whisper's English normaliser for ``en``/``english``, the basic one for any other language."""
+    if language.lower() in ("en", "english", "en-us", "en-gb", "en_us", "en_gb"):
+        from whisper_normalizer.english import EnglishTextNormalizer
+
+        return EnglishTextNormalizer()
+    from whisper_normalizer.basic import BasicTextNormalizer
+
+    return BasicTextNormalizer()
+
+
+@dataclass
+class ErrorRates:
+    """Corpus counts and rates (percent). ``wer``/``cer`` are errors / reference words (characters) x 100."""
+
+    wer: float
+    cer: float
+    substitutions: int
+    deletions: int
+    insertions: int
+    reference_words: int
+
+    @property
+    def word_errors(self) -> int:
+        return self.substitutions + self.deletions + self.insertions
+
+
+def error_rates(
+    references: list[str], hypotheses: list[str], normalize: Callable[[str], str] | None = None
+) -> ErrorRates:
+    """Corpus WER and CER (in percent) with jiwer, after ``normalize`` (identity when None).
+
+    Whitespace is collapsed after normalising. Pairs whose normalised reference is empty count their hypothesis
+    words as insertions (jiwer's own behaviour); an all-empty corpus has no rate and raises ``ValueError``.
+    """
+    import jiwer
+
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    norm = normalize or (lambda s: s)
+    refs = [" ".join(norm(r).split()) for r in references]
+    hyps = [" ".join(norm(h).split()) for h in hypotheses]
+    if not any(refs):
+        raise ValueError("every reference is empty after normalisation: WER is undefined")
+    words = jiwer.process_words(refs, hyps)
+    chars = jiwer.process_characters(refs, hyps)
+    ref_words = sum(len(r.split()) for r in refs)
+    return ErrorRates(
+        wer=100.0 * words.wer,
+        cer=100.0 * chars.cer,
+        substitutions=words.substitutions,
+        deletions=words.deletions,
+        insertions=words.insertions,
+        reference_words=ref_words,
+    )
+
+
+@dataclass
+class UtteranceResult:
+    audio: str
+    seconds: float  # audio duration
+    processing: float  # wall seconds for this utterance
+    reference: str
+    hypothesis: str
+    word_errors: int
+    words: int
+
+
+@dataclass
+class StepsResult:
+    steps: int
+    rates: ErrorRates
+    rtfx: float
+    audio_seconds: float
+    processing_seconds: float
+    utterances: list[UtteranceResult] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """``WER <x>% CER <y>% RTFx <z>``."""
+        return f"WER {self.rates.wer:.2f}% CER {self.rates.cer:.2f}% RTFx {self.rtfx:.1f}"
+
+
+def evaluate(
+    pipeline,
+    utterances: list[Utterance],
+    steps: int,
+    seed: int = 0,
+    language: str = "en",
+    warmup: bool = True,
+    progress: bool = False,
+) -> StepsResult:
+    """Transcribe every utterance with ``steps`` denoising steps and score the corpus."""
+    import torch
+
+    normalize = make_normalizer(language)
+    if warmup:
+        pipeline.transcribe(str(utterances[0].audio), steps=steps, seed=seed, record_steps=False)
+    iterator = utterances
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(utterances, desc=f"{steps} steps", unit="utt", file=sys.stderr, leave=False)
+    results: list[UtteranceResult] = []
+    for utt in iterator:
+        started = time.perf_counter()
+        transcript = pipeline.transcribe(str(utt.audio), steps=steps, seed=seed, record_steps=False)
+        if str(getattr(pipeline, "device", "cpu")).startswith("cuda"):
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - started
+        single = error_rates([utt.text], [transcript.text], normalize) if normalize(utt.text).strip() else None
+        results.append(
+            UtteranceResult(
+                audio=str(utt.audio),
+                seconds=transcript.timings.audio_seconds,
+                processing=elapsed,
+                reference=utt.text,
+                hypothesis=transcript.text,
+                word_errors=single.word_errors if single else len(normalize(transcript.text).split()),
+                words=single.reference_words if single else 0,
+            )
+        )
+    rates = error_rates([r.reference for r in results], [r.hypothesis for r in results], normalize)
+    audio_s = sum(r.seconds for r in results)
+    proc_s = sum(r.processing for r in results)
+    return StepsResult(steps, rates, audio_s / proc_s if proc_s > 0 else float("inf"), audio_s, proc_s, results)
+
+
+def format_table(result: StepsResult, base: Path | None = None, width: int = 60) -> str:
+    """A per-utterance table: file, duration, errors/words, processing time, hypothesis (and reference if wrong)."""
+    lines = [f"## {result.steps} steps", f"{'audio':<28} {'dur s':>6} {'err/words':>9} {'proc s':>7}  hypothesis"]
+    for r in result.utterances:
+        name = Path(r.audio)
+        if base is not None:
+            try:
+                name = name.relative_to(base)
+            except ValueError:
+                pass
+        hyp = r.hypothesis if len(r.hypothesis) <= width else r.hypothesis[: width - 3] + "..."
+        lines.append(
+            f"{str(name)[-28:]:<28} {r.seconds:6.2f} {f'{r.word_errors}/{r.words}':>9} {r.processing:7.3f}  {hyp}"
+        )
+        if r.word_errors:
+            ref = r.reference if len(r.reference) <= width else r.reference[: width - 3] + "..."
+            lines.append(f"{'':<28} {'':>6} {'':>9} {'ref':>7}  {ref}")
+    rates = result.rates
+    lines.append(
+        f"{result.steps} steps: {result.summary()}  (S {rates.substitutions} D {rates.deletions} "
+        f"I {rates.insertions} / {rates.reference_words} words; {result.audio_seconds:.1f} s audio in "
+        f"{result.processing_seconds:.2f} s)"
+    )
+    return "\n".join(lines)
+
+
+def parse_steps(text: str) -> list[int]:
+    """``"8,16"`` -> ``[8, 16]`` (each at least 1)."""
+    try:
+        steps = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--steps takes comma-separated integers, got {text!r}") from exc
+    if not steps or any(s < 1 for s in steps):
+        raise argparse.ArgumentTypeError(f"--steps needs integers >= 1, got {text!r}")
+    return steps
+
+
+def parser() -> argparse.ArgumentParser:
+    from .loading import DEFAULT_MODEL
+
+    p = argparse.ArgumentParser(prog="python -m asr.evaluate", description="Corpus WER/CER and RTFx on a manifest.")
+    p.add_argument("--manifest", required=True, type=Path, help="TSV (audio<TAB>text) or JSONL (audio, text)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"anything asr.load takes (default {DEFAULT_MODEL})")
+    p.add_argument("--steps", type=parse_steps, default=[16], help="comma-separated step counts (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="denoising seed for every utterance (default 0)")
+    p.add_argument("--language", default="en", help="en: Whisper's English normaliser; else the basic one")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N utterances")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", type=Path, default=None, help="also write all results to this JSON file")
+    p.add_argument("--quiet", action="store_true", help="no per-utterance table, no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    args = parser().parse_args(argv)
+    import torch
+
+    from .loading import ModelLoadError, load
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        utterances = read_manifest(args.manifest)
+    except ManifestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.limit:
+        utterances = utterances[: args.limit]
+    try:
+        started = time.perf_counter()
+        pipe = load(args.model, device=args.device)
+        load_s = time.perf_counter() - started
+    except ModelLoadError as exc:
+        print(f"error: cannot load {args.model}: {exc}", file=sys.stderr)
+        return 2
+    print(f"model {pipe.name} on {pipe.device}, loaded in {load_s:.2f} s; {len(utterances)} utterances")
+    results = []
+    for steps in args.steps:
+        result = evaluate(pipe, utterances, steps, args.seed, args.language, progress=not args.quiet)
+        results.append(result)
+        if not args.quiet:
+            print(format_table(result, base=args.manifest.parent))
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "model": pipe.name,
+                    "manifest": str(args.manifest),
+                    "seed": args.seed,
+                    "results": [
+                        {
+                            "steps": r.steps,
+                            "wer": r.rates.wer,
+                            "cer": r.rates.cer,
+                            "rtfx": r.rtfx,
+                            "utterances": [u.__dict__ for u in r.utterances],
+                        }
+                        for r in results
+                    ],
+                },
+                indent=1,
+            ),
+            encoding="utf-8",
+        )
+    for r in results[:-1]:
+        print(f"{r.steps} steps: {r.summary()}")
+    print(f"{results[-1].steps} steps:")
+    print(results[-1].summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,780 @@
+"""Training recipe: projector + LoRA on a frozen backbone, or a whole small backbone; the whisper encoder is frozen.
+
+    python -m asr.train --manifest data/train.tsv --out runs/x [--model tiny-random|small|new-adapter|ADAPTER]
+                        [--train projector+lora|all] [--steps N] [--resume]
+
+The three losses of the published recipe, on one batch of clips (B clips, canvas length C, vocabulary V):
+
+- **diffusion** (uniform-noise denoising): the clean canvas is the transcript's token ids, then EOS, padded with
+  the pad id to C (exactly what inference turns back into text). A fraction gamma ~ U(0, 1] of its positions (per
+  clip) is replaced by uniform-random vocabulary ids, as at inference where the canvas starts as uniform noise. The
+  decoder denoises it over the prompt KV cache (built with ``SpeechModel.prompt_embeddings``/``prefill``, with
+  gradients) and is trained with cross-entropy against the clean canvas at every position (pad positions weighted
+  by ``--pad-weight``). Self-conditioning: for each clip with probability 0.5 a first, no-gradient pass's logits,
+  divided by a temperature drawn from the sampler's range (0.4-0.8, as inference feeds them), are passed as
+  ``self_conditioning_logits``.
+- **ar** (autoregressive auxiliary): the causal encoder continues the prompt's cache with the transcript tokens
+  (teacher forcing) and predicts each next token and finally EOS through the tied lm_head (with the model's logit
+  soft-capping): the last prompt position predicts the first token.
+- **ctc**: the projector output (one row per audio slot, 8 whisper frames) goes through the lm_head weight
+  (detached: frozen for this loss even when the backbone trains), log-softmax over the vocabulary, CTC against the
+  transcript ids. Blank = the pad id (pad never occurs inside a transcript). Input length = the slots that cover
+  the clip's audio (6.25 per second), or all slots of the 30 s window when the transcript has more tokens than
+  that (e.g. byte-level tokenizers).
+
+The total is ``w_diffusion * diffusion + w_ar * ar + w_ctc * ctc``.
+
+Whisper encoder outputs are computed once per clip and cached on disk (float16 ``.npy`` per clip, keyed by the
+file and the encoder's weights) since the encoder is frozen. Checkpoints (``OUT/checkpoint.pt``: trainable weights,
+optimizer, RNG, step, settings) are written every ``--save-every`` steps and at the end; ``--resume`` continues
+from one bit for bit. Per-step losses go to ``OUT/log.jsonl``. At the end (and with every checkpoint) the model is
+exported: ``OUT/diffusion_asr_small.pt`` (projector + LoRA, the released adapter's format) for
+``projector+lora``, or ``OUT/model/`` (see :func:`export_model`) for ``all``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import model as M
+from .evaluate import Utterance, read_manifest
+from .model import Projector, SpeechModel
+
+MODES = ("projector+lora", "all")
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.jsonl"
+DEFAULT_WHISPER_DIR = Path(__file__).parent / "mini" / "whisper-tiny-en"
+
+
+# --- settings -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run (saved in the checkpoint; ``--resume`` rebuilds the model from it)."""
+
+    manifest: str = ""
+    out: str = "runs/train"
+    model: str = "tiny-random"  # tiny-random | small | new-adapter | an adapter path/hub id (continued)
+    train: str = "projector+lora"
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    w_diffusion: float = 1.0
+    w_ar: float = 0.5
+    w_ctc: float = 0.5
+    pad_weight: float = 1.0
+    self_conditioning: float = 0.5
+    sc_t_min: float = 0.4
+    sc_t_max: float = 0.8
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    canvas_length: int | None = None
+    seed: int = 0
+    save_every: int = 200
+    log_every: int = 1
+    cache_dir: str | None = None  # default OUT/frames
+    cache_dtype: str = "float16"
+    device: str = "cpu"
+    threads: int | None = None
+    max_seconds: float = 30.0
+    # small model (``--model small``)
+    whisper: str = str(DEFAULT_WHISPER_DIR)  # exported whisper encoder folder, or tiny-random
+    tokenizer: str = "byte"  # byte, or a tokenizer folder (must know the turn and audio marker tokens)
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 4
+    experts: int = 4
+    projector_hidden: int = 512
+    # real backbone (``--model new-adapter`` or an adapter)
+    backbone: str = "google/diffusiongemma-26B-A4B-it"
+    whisper_id: str = "openai/whisper-small"
+    dtype: str = "float32"
+    # evaluation during training
+    eval_manifest: str | None = None
+    eval_every: int = 0
+    eval_count: int = 20
+    eval_steps: int = 8
+    extra: dict = field(default_factory=dict)
+
+
+# --- building the model ----------------------------------------------------------------------------------------------
+
+
+def small_backbone_config(
+    vocab_size: int,
+    hidden: int = 256,
+    layers: int = 4,
+    heads: int = 4,
+    experts: int = 4,
+    canvas_length: int = 128,
+    sliding_window: int = 512,
+    pad_id: int = 0,
+    eos_id: int = 1,
+    bos_id: int = 2,
+):
+    """A small DiffusionGemma (real classes: MoE blocks, sliding + full attention, the last layer full)."""
+    from transformers import DiffusionGemmaConfig
+
+    head_dim = hidden // heads
+    layer_types = [
+        "full_attention" if (i + 1) % 3 == 0 or i == layers - 1 else "sliding_attention" for i in range(layers)
+    ]
+    text = dict(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        layer_types=layer_types, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
+        head_dim=head_dim, global_head_dim=2 * head_dim, num_global_key_value_heads=1, num_experts=experts,
+        top_k_experts=min(2, experts), moe_intermediate_size=hidden, sliding_window=sliding_window,
+        pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=bos_id, vocab_size_per_layer_input=vocab_size,
+    )  # fmt: skip
+    vision = dict(
+        model_type="gemma4_vision", hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=16, patch_size=4, pooling_kernel_size=2, position_embedding_size=64,
+    )  # fmt: skip
+    return DiffusionGemmaConfig(
+        text_config=text, vision_config=vision, canvas_length=canvas_length,
+        image_token_id=vocab_size - 12, boi_token_id=vocab_size - 11, eoi_token_id=vocab_size - 10,
+    )  # fmt: skip
+
+
+def load_whisper(spec: str, seed: int = 0):
+    """``(WhisperEncoder, WhisperFeatureExtractor)`` from an exported folder (config.json + model.safetensors) or
+    ``tiny-random`` (the tests' one-layer encoder)."""
+    from transformers import WhisperFeatureExtractor
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    if spec == "tiny-random":
+        state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            return WhisperEncoder(M.tiny_whisper_config()).eval(), WhisperFeatureExtractor(feature_size=80)
+        finally:
+            torch.random.set_rng_state(state)
+    path = Path(spec)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not an exported whisper encoder folder (no config.json)")
+    try:
+        from .whisper_ct2 import load_whisper_encoder
+
+        encoder = load_whisper_encoder(path)
+    except ImportError:
+        encoder = WhisperEncoder.from_pretrained(path, dtype=torch.float32).eval()
+    encoder = encoder.float()
+    if (path / "preprocessor_config.json").is_file():
+        features = WhisperFeatureExtractor.from_pretrained(path)
+    else:
+        features = WhisperFeatureExtractor(feature_size=encoder.config.num_mel_bins)
+    return encoder, features
+
+
+def load_tokenizer(spec: str, vocab_size: int = 512):
+    """The byte tokenizer (``byte``) or a saved tokenizer folder."""
+    from .loading import byte_tokenizer
+
+    if spec == "byte":
+        return byte_tokenizer(vocab_size)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(spec)
+
+
+def build_small(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
+    """Pretrained (frozen) whisper encoder + new projector + new small DiffusionGemma + tokenizer."""
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    whisper, features = load_whisper(cfg.whisper, cfg.seed)
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    vocab = len(tokenizer)
+    vocab += (-vocab) % 64  # room for the (unused) image marker ids, and a friendlier matrix size
+    if cfg.tokenizer == "byte":
+        vocab = 512
+    eos = tokenizer.eos_token_id
+    config = small_backbone_config(
+        vocab, cfg.hidden, cfg.layers, cfg.heads, cfg.experts, cfg.canvas_length or 128,
+        pad_id=tokenizer.pad_token_id or 0, eos_id=eos, bos_id=tokenizer.bos_token_id or 2,
+    )  # fmt: skip
+    state = torch.random.get_rng_state()
+    torch.manual_seed(cfg.seed)
+    try:
+        backbone = DiffusionGemmaForBlockDiffusion(config)
+        layout = M.default_projector_layout(whisper.config.d_model, cfg.projector_hidden, cfg.hidden)
+        projector = Projector(layout)
+    finally:
+        torch.random.set_rng_state(state)
+    backbone.generation_config.eos_token_id = [eos]
+    prompt = M.prompt_format_from_tokenizer(tokenizer, eos_ids=[eos])
+    return SpeechModel(whisper, projector, backbone, prompt), tokenizer, features
+
+
+def build_model(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
+    """``(SpeechModel, tokenizer, feature extractor)`` for ``cfg.model``; LoRA is injected for ``projector+lora``."""
+    from . import loading
+
+    dtype = getattr(torch, cfg.dtype)
+    if cfg.model == "tiny-random":
+        speech, tokenizer, features = loading.build_tiny(seed=cfg.seed, canvas_length=cfg.canvas_length or 16)
+    elif cfg.model == "small":
+        speech, tokenizer, features = build_small(cfg)
+    elif cfg.model == "new-adapter":
+        whisper, backbone, tokenizer, features = loading._real_parts(cfg.backbone, cfg.whisper_id, cfg.device, dtype)
+        backbone.config.canvas_length = cfg.canvas_length or loading.DEFAULT_CANVAS
+        eos = backbone.generation_config.eos_token_id or backbone.config.text_config.eos_token_id
+        prompt = M.prompt_format_from_tokenizer(tokenizer, eos_ids=eos if isinstance(eos, list) else [eos])
+        hidden = backbone.config.text_config.hidden_size
+        projector = Projector(M.default_projector_layout(whisper.config.d_model, 1280, hidden))
+        speech = SpeechModel(whisper, projector, backbone, prompt)
+    else:  # an existing adapter, trained further
+        speech, tokenizer, features = loading.build(
+            cfg.model, cfg.device, dtype, backbone=cfg.backbone, whisper=cfg.whisper_id, canvas_length=cfg.canvas_length
+        )
+    if cfg.train == "projector+lora" and not any(".lora_" in n for n, _ in speech.backbone.named_parameters()):
+        targets = M.attention_lora_targets(speech.backbone)
+        state = torch.random.get_rng_state()
+        torch.manual_seed(cfg.seed + 2)
+        try:
+            M.inject_lora(speech.backbone, {t: cfg.lora_rank for t in targets}, cfg.lora_alpha)
+        finally:
+            torch.random.set_rng_state(state)
+    speech.projector.float()
+    return speech, tokenizer, features
+
+
+def trainable_parameters(speech: SpeechModel, mode: str) -> dict[str, nn.Parameter]:
+    """Set ``requires_grad`` for ``mode`` and return the trainable parameters by name (tied ones once)."""
+    if mode not in MODES:
+        raise ValueError(f"--train must be one of {MODES}, got {mode!r}")
+    speech.requires_grad_(False)
+    out: dict[str, nn.Parameter] = {}
+    for name, p in speech.named_parameters():
+        if name.startswith("projector."):
+            keep = True
+        elif mode == "projector+lora":
+            keep = ".lora_" in name
+        else:
+            keep = name.startswith("backbone.") and "vision" not in name
+        if keep:
+            p.requires_grad_(True)
+            out[name] = p
+    return out
+
+
+# --- data -----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Example:
+    audio: Path
+    text: str
+    ids: list[int]
+    seconds: float
+
+
+def prepare_examples(
+    utterances: list[Utterance], tokenizer, canvas_length: int, max_seconds: float = 30.0
+) -> tuple[list[Example], int]:
+    """Tokenise; drop clips over ``max_seconds`` or whose ids + EOS exceed the canvas. Returns (kept, dropped)."""
+    import soundfile as sf
+
+    kept: list[Example] = []
+    for utt in utterances:
+        ids = tokenizer.encode(utt.text, add_special_tokens=False)
+        try:
+            seconds = sf.info(str(utt.audio)).duration
+        except RuntimeError:
+            from .audio import load_audio
+
+            seconds = len(load_audio(utt.audio)) / 16000
+        if 0 < len(ids) < canvas_length and seconds <= max_seconds:
+            kept.append(Example(utt.audio, utt.text, ids, seconds))
+    return kept, len(utterances) - len(kept)
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """A short hash of a module's configuration and weights."""
+    h = hashlib.sha1()
+    config = getattr(module, "config", None)
+    if config is not None:
+        h.update(config.to_json_string(use_diff=False).encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to(torch.float32).cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class FrameCache:
+    """Whisper encoder outputs per clip, ``(frames, d_model)`` ``.npy`` files under ``root/<encoder hash>/``."""
+
+    def __init__(self, root: str | Path, speech: SpeechModel, feature_extractor, dtype: str = "float16"):
+        self.speech = speech
+        self.features = feature_extractor
+        self.dtype = np.dtype(dtype)
+        self.root = Path(root) / module_fingerprint(speech.whisper)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, audio: Path) -> Path:
+        st = audio.stat()
+        key = hashlib.sha1(f"{audio.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+        return self.root / key[:2] / f"{key}.npy"
+
+    @torch.inference_mode()
+    def encode(self, audios: list[Path]) -> torch.Tensor:
+        """Whisper outputs of a few clips, computed now: (B, frames, d_model) float32."""
+        from . import audio as A
+
+        waves = [A.load_audio(a) for a in audios]
+        feats = self.features(waves, sampling_rate=A.SAMPLE_RATE, return_tensors="pt").input_features
+        param = next(self.speech.whisper.parameters())
+        return self.speech.whisper(feats.to(param.device, param.dtype)).last_hidden_state.float().cpu()
+
+    def ensure(self, examples: list[Example], batch_size: int = 8, progress: bool = True) -> int:
+        """Compute and store the outputs of every clip not cached yet; returns how many were computed."""
+        todo = [e for e in examples if not self.path(e.audio).is_file()]
+        if not todo:
+            return 0
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="whisper frames", unit="clip", disable=not progress, file=sys.stderr)
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i : i + batch_size]
+            frames = self.encode([e.audio for e in chunk])
+            for e, f in zip(chunk, frames, strict=True):
+                path = self.path(e.audio)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+                np.save(tmp, f.numpy().astype(self.dtype))
+                os.replace(tmp, path)
+            bar.update(len(chunk))
+        bar.close()
+        return len(todo)
+
+    def load(self, examples: list[Example]) -> torch.Tensor:
+        """Cached outputs of ``examples``: (B, frames, d_model) float32 (computed on the spot if missing)."""
+        missing = [e for e in examples if not self.path(e.audio).is_file()]
+        if missing:
+            self.ensure(missing, progress=False)
+        return torch.from_numpy(np.stack([np.load(self.path(e.audio)) for e in examples]).astype(np.float32))
+
+
+@dataclass
+class Batch:
+    """Targets of one batch, built by :func:`make_batch`."""
+
+    canvas: torch.Tensor  # (B, C) clean canvas: ids, EOS, pad...
+    canvas_weight: torch.Tensor  # (B, C) loss weight per position
+    ar_input: torch.Tensor  # (B, L) transcript ids, pad-padded
+    ar_target: torch.Tensor  # (B, L + 1) ids then EOS, -100 where padded
+    ctc_targets: torch.Tensor  # (sum of lengths,) concatenated ids
+    target_lengths: torch.Tensor  # (B,)
+    audio_slots: torch.Tensor  # (B,) slots covering each clip's audio
+
+
+def make_batch(examples: list[Example], prompt: M.PromptFormat, canvas_length: int, pad_weight: float = 1.0) -> Batch:
+    """The clean canvases and the AR/CTC targets of ``examples``."""
+    eos, pad = prompt.eos_ids[0], prompt.pad_id
+    B = len(examples)
+    canvas = torch.full((B, canvas_length), pad, dtype=torch.long)
+    weight = torch.full((B, canvas_length), float(pad_weight))
+    longest = max(len(e.ids) for e in examples)
+    ar_input = torch.full((B, longest), pad, dtype=torch.long)
+    ar_target = torch.full((B, longest + 1), -100, dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.ids)
+        canvas[i, :n] = torch.tensor(e.ids)
+        canvas[i, n] = eos
+        weight[i, : n + 1] = 1.0
+        ar_input[i, :n] = torch.tensor(e.ids)
+        ar_target[i, :n] = torch.tensor(e.ids)
+        ar_target[i, n] = eos
+    slots = [math.ceil(e.seconds * 50 / M.SUBSAMPLING) + 1 for e in examples]  # whisper: 50 frames per second
+    return Batch(
+        canvas=canvas,
+        canvas_weight=weight,
+        ar_input=ar_input,
+        ar_target=ar_target,
+        ctc_targets=torch.tensor([t for e in examples for t in e.ids], dtype=torch.long),
+        target_lengths=torch.tensor([len(e.ids) for e in examples], dtype=torch.long),
+        audio_slots=torch.tensor(slots, dtype=torch.long),
+    )
+
+
+# --- the losses -----------------------------------------------------------------------------------------------------
+
+
+def lm_logits(backbone, hidden: torch.Tensor) -> torch.Tensor:
+    """The backbone's lm_head and final logit soft-capping, as in its forward."""
+    logits = backbone.lm_head(hidden).float()
+    cap = backbone.final_logit_softcapping
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+class _Capture:
+    """Keeps the outputs of the causal encoder (``prefill`` returns only the cache)."""
+
+    def __init__(self, module: nn.Module):
+        self.outputs: list[torch.Tensor] = []
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        self.outputs.append(output.last_hidden_state)
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+def compute_losses(
+    speech: SpeechModel,
+    frames: torch.Tensor,
+    batch: Batch,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """The three losses (and the weighted ``total``) of one batch of whisper outputs ``frames`` (B, T, d)."""
+    backbone = speech.backbone
+    device = next(backbone.parameters()).device
+    vocab = backbone.config.text_config.vocab_size
+    proj_dtype = next(speech.projector.parameters()).dtype
+    frames = frames.to(device=device, dtype=proj_dtype)
+    canvas = batch.canvas.to(device)
+    B, C = canvas.shape
+
+    audio = speech.projector(frames).to(backbone.dtype)  # (B, S, H)
+    embeds = speech.prompt_embeddings(audio)
+    P = embeds.shape[1]
+    capture = _Capture(backbone.model.encoder.language_model)
+    try:
+        cache = speech.prefill(embeds)
+
+        # (a) uniform-diffusion denoising
+        gamma = 1.0 - torch.rand(B, generator=generator)  # (0, 1]
+        corrupt = torch.rand(B, C, generator=generator) < gamma[:, None]
+        noise = torch.randint(0, vocab, (B, C), generator=generator)
+        noisy = torch.where(corrupt.to(device), noise.to(device), canvas)
+        positions = torch.arange(P, P + C, dtype=torch.int32, device=device)[None]
+        mask_mapping = backbone.model.decoder.create_diffusion_decoder_attention_mask(
+            config=backbone.config,
+            inputs_embeds=noisy.unsqueeze(-1),
+            past_key_values=cache,
+            decoder_attention_mask=torch.ones((B, P + C), dtype=torch.bool, device=device),
+        )
+        use_sc = torch.rand(B, generator=generator) < cfg.self_conditioning
+        temperature = cfg.sc_t_min + (cfg.sc_t_max - cfg.sc_t_min) * torch.rand(B, 1, 1, generator=generator)
+        sc_logits = sc_mask = None
+        if bool(use_sc.any()):
+            with torch.no_grad():
+                first = backbone(
+                    decoder_input_ids=noisy,
+                    past_key_values=cache,
+                    decoder_attention_mask=mask_mapping,
+                    decoder_position_ids=positions,
+                ).logits
+            embed_dtype = backbone.model.decoder.embed_tokens.weight.dtype
+            sc_logits = (first / temperature.to(device)).to(embed_dtype)
+            sc_mask = use_sc.to(device)
+        logits = backbone(
+            decoder_input_ids=noisy,
+            self_conditioning_logits=sc_logits,
+            self_conditioning_mask=sc_mask,
+            past_key_values=cache,
+            decoder_attention_mask=mask_mapping,
+            decoder_position_ids=positions,
+        ).logits
+        per_token = F.cross_entropy(logits.float().reshape(-1, vocab), canvas.reshape(-1), reduction="none")
+        weight = batch.canvas_weight.to(device).reshape(-1)
+        diffusion = (per_token * weight).sum() / weight.sum()
+
+        # (b) autoregressive auxiliary: continue the prompt cache with the transcript (teacher forcing)
+        last_prompt = capture.outputs[0][:, -1:]
+        text_embeds = backbone.model.encoder.get_input_embeddings()(batch.ar_input.to(device))
+        speech.prefill(text_embeds, cache)  # the decoder passes above are done with this cache
+        hidden = torch.cat([last_prompt, capture.outputs[1]], dim=1)  # (B, L + 1, H)
+        ar_logits = lm_logits(backbone, hidden)
+        ar = F.cross_entropy(ar_logits.reshape(-1, vocab), batch.ar_target.to(device).reshape(-1), ignore_index=-100)
+    finally:
+        capture.close()
+
+    # (c) CTC on the projector output through the frozen lm_head; blank = pad id
+    S = audio.shape[1]
+    ctc_logits = F.linear(audio, backbone.lm_head.weight.detach())
+    log_probs = F.log_softmax(ctc_logits.float(), dim=-1).transpose(0, 1)  # (S, B, V)
+    input_lengths = batch.audio_slots.clamp(max=S)
+    input_lengths = torch.where(batch.target_lengths > input_lengths, torch.full_like(input_lengths, S), input_lengths)
+    ctc = F.ctc_loss(
+        log_probs,
+        batch.ctc_targets.to(device),
+        input_lengths.to(device),
+        batch.target_lengths.to(device),
+        blank=speech.prompt.pad_id,
+        reduction="mean",
+        zero_infinity=True,
+    )
+    total = cfg.w_diffusion * diffusion + cfg.w_ar * ar + cfg.w_ctc * ctc
+    return {"total": total, "diffusion": diffusion, "ar": ar, "ctc": ctc}
+
+
+# --- checkpoints and export -------------------------------------------------------------------------------------------
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` at ``cfg.steps``."""
+    if cfg.warmup and step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def save_checkpoint(path: Path, step: int, params: dict[str, nn.Parameter], optimizer, generator, cfg) -> None:
+    """Write the resumable state atomically."""
+    state = {
+        "step": step,
+        "trainable": {k: v.detach().cpu() for k, v in params.items()},
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "config": dataclasses.asdict(cfg),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def export_model(
+    speech: SpeechModel, tokenizer, cfg: TrainConfig, out: Path, dtype: torch.dtype = torch.float16
+) -> Path:
+    """Write a self-contained small model folder ``out``.
+
+    ``backbone/`` (``DiffusionGemmaForBlockDiffusion.save_pretrained``: config.json + model.safetensors),
+    ``projector.safetensors`` (``layers.N.weight``/``bias``; the layout follows from the shapes, as for the released
+    adapter), ``tokenizer/``, and ``speech.json`` (prompt ids, canvas length, whisper source, training settings).
+    The whisper encoder is not copied: ``speech.json`` names the folder it came from.
+    """
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    backbone = copy.deepcopy(speech.backbone).to(dtype)
+    backbone.save_pretrained(out / "backbone")
+    save_file({k: v.detach().to(dtype).contiguous().cpu() for k, v in speech.projector.state_dict().items()},
+              out / "projector.safetensors")  # fmt: skip
+    tokenizer.save_pretrained(out / "tokenizer")
+    p = speech.prompt
+    info = {
+        "prompt": {
+            "prefix": p.prefix,
+            "suffix": p.suffix,
+            "audio_start_id": p.audio_start_id,
+            "audio_token_id": p.audio_token_id,
+            "audio_end_id": p.audio_end_id,
+            "eos_ids": p.eos_ids,
+            "pad_id": p.pad_id,
+        },  # fmt: skip
+        "canvas_length": speech.canvas_length,
+        "whisper": cfg.whisper,
+        "projector_layout": [dataclasses.asdict(s) for s in speech.projector.layout],
+        "train": dataclasses.asdict(cfg),
+    }
+    (out / "speech.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    return out
+
+
+def export(speech: SpeechModel, tokenizer, cfg: TrainConfig, out: Path) -> Path:
+    """The adapter file (``projector+lora``) or the model folder (``all``)."""
+    from .loading import ADAPTER_FILE, save_adapter
+
+    if cfg.train == "projector+lora":
+        path = out / ADAPTER_FILE
+        tmp = out / (ADAPTER_FILE + ".tmp")
+        save_adapter(speech, tmp, canvas_length=speech.canvas_length, lora_alpha=cfg.lora_alpha)
+        os.replace(tmp, path)
+        return path
+    return export_model(speech, tokenizer, cfg, out / "model")
+
+
+# --- the loop -------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    step: int
+    history: list[dict]  # the log rows of this call
+    out: Path
+
+
+def _append_log(path: Path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows after ``step`` (written after the last checkpoint of an interrupted run)."""
+    if path.is_file():
+        rows = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        path.write_text("".join(ln + "\n" for ln in rows if json.loads(ln).get("step", 0) <= step), encoding="utf-8")
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunResult:
+    """Run (or, with ``resume``, continue) training as ``cfg`` says; returns the last step and the losses logged."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT
+    state = None
+    if resume and ckpt_path.is_file():
+        state = read_checkpoint(ckpt_path)
+        saved = TrainConfig(**state["config"])
+        keep = {"steps", "save_every", "log_every", "threads", "eval_every", "eval_count", "eval_manifest", "device"}
+        cfg = dataclasses.replace(saved, **{k: getattr(cfg, k) for k in keep})
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    speech, tokenizer, features = build_model(cfg)
+    speech.to(cfg.device)
+    params = trainable_parameters(speech, cfg.train)
+    utterances = read_manifest(cfg.manifest)
+    examples, dropped = prepare_examples(utterances, tokenizer, speech.canvas_length, cfg.max_seconds)
+    if not examples:
+        raise SystemExit(f"no usable clips in {cfg.manifest} (all {dropped} too long for the canvas or the window)")
+    cache = FrameCache(cfg.cache_dir or out / "frames", speech, features, cfg.cache_dtype)
+    cache.ensure(examples, progress=progress)
+
+    decay = [p for n, p in params.items() if p.ndim >= 2]
+    no_decay = [p for n, p in params.items() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
+    generator = torch.Generator().manual_seed(cfg.seed)
+    step = 0
+    if state is not None:
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(state["trainable"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        step = int(state["step"])
+        _truncate_log(out / LOG, step)
+    elif (out / LOG).exists():
+        (out / LOG).unlink()
+
+    n_train = sum(p.numel() for p in params.values())
+    if progress:
+        print(
+            f"{cfg.model} ({cfg.train}): {n_train / 1e6:.2f} M trainable parameters; {len(examples)} clips "
+            f"({dropped} dropped); canvas {speech.canvas_length}; steps {step} -> {cfg.steps}",
+            file=sys.stderr,
+        )
+    eval_utts = read_manifest(cfg.eval_manifest)[: cfg.eval_count] if cfg.eval_manifest and cfg.eval_every else []
+    history: list[dict] = []
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not progress, file=sys.stderr)
+    speech.train()
+    speech.whisper.eval()
+    started = time.perf_counter()
+    while step < cfg.steps:
+        lr = learning_rate(cfg, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        pick = torch.randint(0, len(examples), (cfg.batch_size,), generator=generator).tolist()
+        chosen = [examples[i] for i in pick]
+        batch = make_batch(chosen, speech.prompt, speech.canvas_length, cfg.pad_weight)
+        losses = compute_losses(speech, cache.load(chosen), batch, cfg, generator)
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip or float("inf"))
+        optimizer.step()
+        step += 1
+        row = {"step": step, **{k: round(float(v.detach()), 5) for k, v in losses.items()}, "lr": lr,
+               "grad_norm": round(float(grad_norm), 4), "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
+        history.append(row)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            _append_log(out / LOG, row)
+        bar.set_postfix({k: f"{row[k]:.3f}" for k in ("total", "diffusion", "ar", "ctc")})
+        bar.update(1)
+        if eval_utts and step % cfg.eval_every == 0:
+            _append_log(out / LOG, {"step": step, **evaluate_now(speech, tokenizer, features, eval_utts, cfg)})
+            speech.train()
+            speech.whisper.eval()
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            save_checkpoint(ckpt_path, step, params, optimizer, generator, cfg)
+            export(speech, tokenizer, cfg, out)
+    bar.close()
+    return RunResult(step, history, out)
+
+
+def evaluate_now(speech: SpeechModel, tokenizer, features, utterances: list[Utterance], cfg: TrainConfig) -> dict:
+    """WER/CER of the model as it is now on a few utterances (``eval_steps`` denoising steps)."""
+    from .evaluate import evaluate
+    from .pipeline import Pipeline
+
+    speech.eval()
+    pipe = Pipeline(speech, tokenizer, features, name="training", device=cfg.device)
+    result = evaluate(pipe, utterances, cfg.eval_steps, seed=0, warmup=False)
+    return {"eval_wer": round(result.rates.wer, 2), "eval_cer": round(result.rates.cer, 2),
+            "eval_example": result.utterances[0].hypothesis[:80]}  # fmt: skip
+
+
+# --- command line ---------------------------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m asr.train", description="Train the projector + LoRA or a small model.")
+    p.add_argument("--manifest", required=True, help="TSV (audio<TAB>text) or JSONL (audio, text) of training clips")
+    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.jsonl, exports, frame cache")
+    p.add_argument("--model", default=d.model, help="tiny-random, small, new-adapter, or an adapter path/hub id")
+    p.add_argument("--train", default=None, choices=MODES, help="default: all for small, projector+lora otherwise")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (its settings win)")
+    for name in ("batch_size", "lr", "warmup", "weight_decay", "grad_clip", "w_diffusion", "w_ar", "w_ctc",
+                 "pad_weight", "self_conditioning", "lora_rank", "lora_alpha", "canvas_length", "seed",
+                 "save_every", "log_every", "threads", "hidden", "layers", "heads", "experts", "projector_hidden",
+                 "eval_every", "eval_count", "eval_steps", "max_seconds", "min_lr_ratio"):  # fmt: skip
+        kind = {int: int, float: float}.get(type(getattr(d, name)), int)
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name))
+    for name in ("cache_dir", "cache_dtype", "device", "whisper", "tokenizer", "backbone", "whisper_id", "dtype",
+                 "eval_manifest"):  # fmt: skip
+        p.add_argument("--" + name.replace("_", "-"), default=getattr(d, name))
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    args = vars(parser().parse_args(argv))
+    resume, quiet = args.pop("resume"), args.pop("quiet")
+    if args["train"] is None:
+        args["train"] = "all" if args["model"] == "small" else "projector+lora"
+    cfg = TrainConfig(**args)
+    result = train(cfg, resume=resume, progress=not quiet)
+    last = result.history[-1] if result.history else {}
+    print(
+        f"step {result.step}: "
+        + " ".join(f"{k} {last[k]:.4f}" for k in ("total", "diffusion", "ar", "ctc") if k in last)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

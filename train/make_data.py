@@ -1,0 +1,522 @@
+"""Synthetic English training speech from offline text-to-speech, with noise and reverberation.
+
+    python train/make_data.py --out data/synth --train 20000 --test 300 [--workers 2] [--seed 0]
+
+Writes ``OUT/clips/*.flac`` (16 kHz mono), ``OUT/train.tsv`` and ``OUT/test.tsv`` (``clip<TAB>text``, paths relative
+to OUT, the manifests ``asr.train``/``asr.evaluate`` read), ``OUT/*.meta.jsonl`` (voice and augmentation of each
+clip) and ``OUT/voices.json`` (which voices were held out). Re-running with the same arguments skips clips that
+already exist, so an interrupted run can be resumed.
+
+Engines (all offline; install with ``apt-get install espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k
+festvox-us-slt-hts`` and ``pip install hibari-tts``); engines that are missing are skipped:
+
+- espeak-ng (GPL-3.0 program; the audio it makes is not restricted): 8 English accents x ~70 voice variants,
+  speed and pitch drawn per clip.
+- flite (BSD-style CMU licence): voices kal, kal16, awb, rms, slt.
+- festival (X11-style licences: festival, festvox kal/ked diphones; slt HTS voice under EST/BSD terms).
+- hibari-tts (Apache-2.0; the one voice bundled in the wheel, ``heart``, distilled from Kokoro-82M, Apache-2.0).
+
+Every clip then gets a random speed/pitch change (resampling by 0.88-1.12), optional reverberation (synthetic
+exponentially decaying room response, RT60 0.1-0.9 s), optional band-limiting, additive noise (white, pink,
+brown or mains hum, SNR 3-40 dB) and a random level.
+
+Held-out voices (never in train.tsv; test.tsv uses only them, on sentences not in training): the espeak-ng variants
+in ``HELD_OUT_ESPEAK_VARIANTS`` (with any accent) and the flite voice ``rms``.
+
+Text (sentences of 3-40 words, digits and odd symbols dropped, deduplicated):
+
+- Debian ``fortunes`` (fortune-mod's cookie files; BSD licence of the collection),
+- Debian ``wordnet-base`` (the example sentences of WordNet 3.0; WordNet 3.0 licence, permissive),
+- Debian ``bible-kjv`` (+ ``bible-kjv-text``: King James Version, public domain; read with the ``bible`` program),
+- flite's example texts (``/usr/share/doc/flite/examples``: the first chapters of Alice in Wonderland, public domain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+ESPEAK_ACCENTS = [
+    "en",
+    "en-us",
+    "en-gb-scotland",
+    "en-gb-x-gbclan",
+    "en-gb-x-rp",
+    "en-gb-x-gbcwmd",
+    "en-029",
+    "en-us-nyc",
+]
+HELD_OUT_ESPEAK_VARIANTS = {"m3", "f2", "Andy", "belinda", "klatt3", "iven2"}
+HELD_OUT_FLITE = {"rms"}
+FLITE_VOICES = ["kal", "kal16", "awb", "rms", "slt"]
+FESTIVAL_VOICES = ["kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts"]
+HIBARI_VOICES = ["heart"]
+ALLOWED = re.compile(r"^[A-Za-z][A-Za-z ,.;:?!'\"()-]*$")
+
+
+# --- text ---------------------------------------------------------------------------------------------------------
+
+
+def _clean(text: str) -> str:
+    text = text.replace("`", "'").replace("\u2019", "'").replace("\u201c", '"').replace("\u201d", '"')
+    text = re.sub(r"--+", ", ", text)
+    text = re.sub(r"\s+", " ", text).strip()
+    text = re.sub(r"\s+([,.;:?!])", r"\1", text)
+    return text
+
+
+def _sentences(paragraph: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.?!])\s+(?=[A-Z\"'])", _clean(paragraph)) if s.strip()]
+
+
+def _keep(sentence: str, min_words: int = 3, max_words: int = 40) -> bool:
+    words = sentence.split()
+    if not min_words <= len(words) <= max_words or not ALLOWED.match(sentence):
+        return False
+    if sentence.count('"') % 2 or sentence.count("(") != sentence.count(")"):
+        return False
+    letters = sum(c.isalpha() for c in sentence)
+    upper = sum(c.isupper() for c in sentence)
+    return letters >= 10 and upper <= 0.3 * letters
+
+
+def fortunes_text(folder: Path = Path("/usr/share/games/fortunes")) -> list[str]:
+    """Sentences of the fortune cookie files (attribution lines, indented verse and art dropped)."""
+    out: list[str] = []
+    if not folder.is_dir():
+        return out
+    for path in sorted(folder.iterdir()):
+        if path.suffix or not path.is_file() or path.name in ("art", "ascii-art", "translate-me", "perl"):
+            continue
+        raw = path.read_bytes().decode("utf-8", errors="ignore")
+        for cookie in raw.split("\n%\n"):
+            lines = [ln for ln in cookie.splitlines() if ln.strip() and not ln.lstrip().startswith("--")]
+            if any(ln.startswith(("\t\t", "    ")) for ln in lines) or any(":" in ln[:12] for ln in lines[:1]):
+                continue
+            out += _sentences(" ".join(lines))
+    return out
+
+
+def wordnet_text(folder: Path = Path("/usr/share/wordnet")) -> list[str]:
+    """WordNet 3.0's quoted example sentences."""
+    out: list[str] = []
+    for name in ("data.noun", "data.verb", "data.adj", "data.adv"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8", errors="ignore").splitlines():
+            if line.startswith("  ") or "|" not in line:
+                continue
+            for example in re.findall(r'"([^"]+)"', line.split("|", 1)[1]):
+                sentence = example.strip()
+                if sentence and sentence[0].isalpha():
+                    sentence = sentence[0].upper() + sentence[1:]
+                    out.append(sentence if sentence[-1] in ".?!" else sentence + ".")
+    return out
+
+
+def bible_text() -> list[str]:
+    """King James Version verses (via Debian's ``bible`` program), split into sentences."""
+    if not shutil.which("bible"):
+        return []
+    try:
+        raw = subprocess.run(["bible", "-l1000", "Gen1:1-Rev22:21"], capture_output=True, text=True, timeout=120).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    out: list[str] = []
+    for line in raw.splitlines():
+        m = re.match(r"^\s+\d+\s+(.*)$", line)
+        if m:
+            out += [s for part in re.split(r"(?<=[:;])\s+", m.group(1)) for s in _sentences(part)]
+    out = [s[0].upper() + s[1:] for s in out]
+    return [s if s[-1] in ".?!" else s.rstrip(",;:") + "." for s in out]
+
+
+def flite_examples_text(folder: Path = Path("/usr/share/doc/flite/examples")) -> list[str]:
+    out: list[str] = []
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+            out += [s for para in raw.decode("utf-8", "ignore").split("\n\n") for s in _sentences(para)]
+    return out
+
+
+def load_corpus(seed: int = 0) -> dict[str, list[str]]:
+    """Every source's kept sentences, deduplicated across sources, each list shuffled with ``seed``."""
+    sources = {
+        "fortunes": fortunes_text(),
+        "wordnet": wordnet_text(),
+        "kjv": bible_text(),
+        "alice": flite_examples_text(),
+    }
+    seen: set[str] = set()
+    out: dict[str, list[str]] = {}
+    rng = random.Random(seed)
+    for name, sentences in sources.items():
+        kept = []
+        for s in sentences:
+            key = re.sub(r"[^a-z ]", "", s.lower())
+            if _keep(s) and key not in seen:
+                seen.add(key)
+                kept.append(s)
+        rng.shuffle(kept)
+        out[name] = kept
+    return out
+
+
+# --- voices -------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Voice:
+    engine: str
+    name: str  # espeak: accent+variant; others: the voice name
+    speed: float = 1.0  # engine-level rate factor (1 = the engine's default)
+    pitch: int = 50  # espeak only: 0-99
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def speaker(self) -> str:
+        """The voice identity used for holding voices out (speed and pitch do not change it)."""
+        return f"{self.engine}:{self.name}"
+
+
+def espeak_variants() -> list[str]:
+    folder = next((p for p in _espeak_data_dirs() if (p / "voices" / "!v").is_dir()), None)
+    if folder is None:
+        return ["m1", "m2", "m3", "f1", "f2", "f3"]
+    return sorted(p.name for p in (folder / "voices" / "!v").iterdir() if p.is_file())
+
+
+def _espeak_data_dirs() -> list[Path]:
+    return [Path("/usr/lib/x86_64-linux-gnu/espeak-ng-data"), Path("/usr/lib/aarch64-linux-gnu/espeak-ng-data"),
+            Path("/usr/share/espeak-ng-data")]  # fmt: skip
+
+
+def available_engines() -> list[str]:
+    """Engines installed on this machine."""
+    engines = []
+    if shutil.which("espeak-ng"):
+        engines.append("espeak")
+    if shutil.which("flite"):
+        engines.append("flite")
+    if shutil.which("text2wave") and Path("/usr/share/festival/voices/english").is_dir():
+        engines.append("festival")
+    try:
+        import hibari  # noqa: F401
+
+        engines.append("hibari")
+    except ImportError:
+        pass
+    return engines
+
+
+def festival_voices() -> list[str]:
+    root = Path("/usr/share/festival/voices")
+    have = {p.name for p in root.glob("*/*") if p.is_dir()} if root.is_dir() else set()
+    return [v for v in FESTIVAL_VOICES if v in have]
+
+
+def is_held_out(voice: Voice) -> bool:
+    if voice.engine == "espeak":
+        return voice.name.split("+", 1)[-1] in HELD_OUT_ESPEAK_VARIANTS
+    if voice.engine == "flite":
+        return voice.name in HELD_OUT_FLITE
+    return False
+
+
+def draw_voice(rng: random.Random, engines: list[str], held_out: bool, variants: list[str]) -> Voice:
+    """A random voice (train voices when ``held_out`` is False, held-out ones when True)."""
+    weights = {"espeak": 0.5, "flite": 0.2, "festival": 0.15, "hibari": 0.15}
+    if held_out:
+        engines = [e for e in engines if e in ("espeak", "flite")]
+    for _ in range(1000):
+        engine = rng.choices(engines, [weights[e] for e in engines])[0]
+        if engine == "espeak":
+            pool = sorted(HELD_OUT_ESPEAK_VARIANTS & set(variants)) if held_out else variants
+            name = f"{rng.choice(ESPEAK_ACCENTS)}+{rng.choice(pool)}"
+            voice = Voice("espeak", name, rng.uniform(0.8, 1.3), rng.randint(20, 80))
+        elif engine == "flite":
+            voice = Voice("flite", rng.choice(FLITE_VOICES), rng.uniform(0.8, 1.25))
+        elif engine == "festival":
+            voice = Voice("festival", rng.choice(festival_voices()), rng.uniform(0.85, 1.25))
+        else:
+            voice = Voice("hibari", rng.choice(HIBARI_VOICES), rng.uniform(0.8, 1.3))
+        if is_held_out(voice) == held_out:
+            return voice
+    raise RuntimeError("no voice fits; are the engines installed?")
+
+
+# --- synthesis ------------------------------------------------------------------------------------------------------
+
+
+def _read_wav(path: Path) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    return data.mean(axis=1), rate
+
+
+_hibari = {}
+
+
+def synthesize(text: str, voice: Voice, seed: int) -> tuple[np.ndarray, int]:
+    """Speak ``text`` with ``voice``: (float32 samples, sample rate)."""
+    with tempfile.TemporaryDirectory(prefix="tts-") as tmp:
+        wav = Path(tmp) / "out.wav"
+        if voice.engine == "espeak":
+            cmd = ["espeak-ng", "-v", voice.name, "-s", str(int(175 * voice.speed)), "-p", str(voice.pitch),
+                   "-w", str(wav), text]  # fmt: skip
+            subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        elif voice.engine == "flite":
+            subprocess.run(["flite", "-voice", voice.name, "--setf", f"duration_stretch={1 / voice.speed:.3f}",
+                            "-t", text, "-o", str(wav)], check=True, capture_output=True, timeout=120)  # fmt: skip
+        elif voice.engine == "festival":
+            (Path(tmp) / "in.txt").write_text(text, encoding="utf-8")
+            scheme = f"(voice_{voice.name}) (Parameter.set 'Duration_Stretch {1 / voice.speed:.3f})"
+            subprocess.run(["text2wave", "-eval", scheme, str(Path(tmp) / "in.txt"), "-o", str(wav)],
+                           check=True, capture_output=True, timeout=300)  # fmt: skip
+        elif voice.engine == "hibari":
+            from hibari import Hibari
+
+            if voice.name not in _hibari:
+                _hibari[voice.name] = Hibari(voice=voice.name, threads=1)
+            tts = _hibari[voice.name]
+            return tts(text, speed=voice.speed, seed=seed).astype(np.float32), tts.sample_rate
+        else:
+            raise ValueError(f"unknown engine {voice.engine}")
+        return _read_wav(wav)
+
+
+# --- augmentation ---------------------------------------------------------------------------------------------------
+
+
+def _coloured_noise(n: int, kind: str, rng: np.random.Generator) -> np.ndarray:
+    if kind == "hum":
+        t = np.arange(n) / SAMPLE_RATE
+        f0 = rng.choice([50.0, 60.0])
+        x = sum(rng.uniform(0.2, 1.0) / k * np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6.3)) for k in (1, 2, 3, 5))
+        return x + 0.05 * rng.standard_normal(n)
+    white = rng.standard_normal(n)
+    if kind == "white":
+        return white
+    spectrum = np.fft.rfft(white)
+    freqs = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
+    freqs[0] = freqs[1] if n > 1 else 1.0
+    spectrum /= np.sqrt(freqs) if kind == "pink" else freqs
+    return np.fft.irfft(spectrum, n)
+
+
+def _room_response(rt60: float, rng: np.random.Generator) -> np.ndarray:
+    n = int(rt60 * SAMPLE_RATE)
+    t = np.arange(n) / SAMPLE_RATE
+    ir = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)  # -60 dB at rt60
+    ir[: int(0.002 * SAMPLE_RATE)] = 0
+    delay = int(rng.uniform(0.0, 0.004) * SAMPLE_RATE)
+    ir = np.concatenate([np.zeros(delay), ir])
+    ir /= np.sqrt(np.sum(ir**2)) + 1e-9
+    direct = np.zeros_like(ir)
+    direct[0] = 1.0
+    return direct + rng.uniform(0.2, 1.0) * ir
+
+
+def augment(audio: np.ndarray, rate: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """Resample to 16 kHz with a speed/pitch factor, then reverb, band-limit, noise, level. Returns (audio, info)."""
+    import soxr
+    from scipy import signal
+
+    info: dict = {}
+    factor = float(rng.uniform(0.88, 1.12)) if rng.random() < 0.7 else 1.0
+    info["resample"] = round(factor, 3)
+    audio = soxr.resample(audio.astype(np.float32), rate * factor, SAMPLE_RATE).astype(np.float64)
+    audio /= np.max(np.abs(audio)) + 1e-9
+    pad = [int(rng.uniform(0.05, 0.6) * SAMPLE_RATE), int(rng.uniform(0.05, 0.6) * SAMPLE_RATE)]
+    audio = np.concatenate([np.zeros(pad[0]), audio, np.zeros(pad[1])])
+    if rng.random() < 0.5:
+        rt60 = float(rng.uniform(0.1, 0.9))
+        info["rt60"] = round(rt60, 2)
+        audio = signal.fftconvolve(audio, _room_response(rt60, rng))[: len(audio)]
+    if rng.random() < 0.1:
+        info["telephone"] = True
+        sos = signal.butter(4, [300, 3400], btype="bandpass", fs=SAMPLE_RATE, output="sos")
+        audio = signal.sosfilt(sos, audio)
+    if rng.random() < 0.8:
+        kind = str(rng.choice(["white", "pink", "brown", "hum"], p=[0.3, 0.35, 0.25, 0.1]))
+        snr = float(rng.uniform(3, 40))
+        noise = _coloured_noise(len(audio), kind, rng)
+        speech_power = np.mean(audio**2) + 1e-12
+        noise *= np.sqrt(speech_power / (np.mean(noise**2) + 1e-12) / 10 ** (snr / 10))
+        audio = audio + noise
+        info["noise"], info["snr_db"] = kind, round(snr, 1)
+    peak_db = float(rng.uniform(-25, -1))
+    info["peak_db"] = round(peak_db, 1)
+    audio *= 10 ** (peak_db / 20) / (np.max(np.abs(audio)) + 1e-9)
+    return audio.astype(np.float32), info
+
+
+# --- the job --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    index: int
+    split: str
+    text: str
+    voice: Voice
+    seed: int
+    out: str  # path relative to the output folder
+
+
+def make_clip(job: Job, root: str) -> dict | None:
+    """Synthesise, augment and write one clip; returns its metadata, or None when synthesis failed."""
+    import soundfile as sf
+
+    path = Path(root) / job.out
+    meta = {"audio": job.out, "text": job.text, "split": job.split, "speaker": job.voice.speaker, **asdict(job.voice)}
+    if path.is_file():
+        meta["seconds"] = round(sf.info(str(path)).duration, 3)
+        return meta
+    rng = np.random.default_rng([job.seed, job.index])
+    try:
+        audio, rate = synthesize(job.text, job.voice, seed=job.index)
+    except (subprocess.SubprocessError, OSError, RuntimeError, ValueError) as exc:
+        print(f"skip {job.out} ({job.voice.speaker}): {exc}", file=sys.stderr)
+        return None
+    if audio.size < rate * 0.3 or not np.isfinite(audio).all() or np.max(np.abs(audio)) < 1e-4:
+        print(f"skip {job.out} ({job.voice.speaker}): empty audio", file=sys.stderr)
+        return None
+    audio, info = augment(audio, rate, rng)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.flac")
+    sf.write(str(tmp), audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    os.replace(tmp, path)
+    meta.update(info)
+    meta["seconds"] = round(len(audio) / SAMPLE_RATE, 3)
+    return meta
+
+
+def _run(args: tuple[Job, str]) -> dict | None:
+    return make_clip(*args)
+
+
+def utterance_texts(sentences: list[str], count: int, rng: random.Random, max_words: int) -> list[str]:
+    """``count`` utterances of 1-3 consecutive sentences (at most ``max_words`` words), cycling through the list."""
+    out: list[str] = []
+    i = 0
+    while len(out) < count and sentences:
+        n = rng.choices([1, 2, 3], [0.6, 0.3, 0.1])[0]
+        parts: list[str] = []
+        while len(parts) < n:
+            s = sentences[i % len(sentences)]
+            i += 1
+            if len(" ".join([*parts, s]).split()) > max_words:
+                break
+            parts.append(s)
+        if parts:
+            out.append(" ".join(parts))
+        elif i > 10 * len(sentences) + count:
+            break
+    return out
+
+
+def plan(args: argparse.Namespace) -> tuple[list[Job], dict]:
+    """The jobs for train and test, and a description of the corpus and voices."""
+    rng = random.Random(args.seed)
+    corpus = load_corpus(args.seed)
+    weights = {"fortunes": 0.35, "wordnet": 0.35, "kjv": 0.25, "alice": 0.05}
+    test_sentences: list[str] = []
+    train_pools: dict[str, list[str]] = {}
+    for name, sentences in corpus.items():  # the first 3 % of each source are held out for the test texts
+        cut = max(1, len(sentences) * 3 // 100) if sentences else 0
+        test_sentences += sentences[:cut]
+        train_pools[name] = sentences[cut:]
+    rng.shuffle(test_sentences)
+    engines = [e for e in available_engines() if e in args.engines]
+    if not engines:
+        raise SystemExit(f"none of the engines {args.engines} is installed (see this script's docstring)")
+    variants = espeak_variants()
+    jobs: list[Job] = []
+    names = [n for n in weights if train_pools.get(n)]
+    per_source = {n: args.train * weights[n] / sum(weights[m] for m in names) for n in names}
+    texts: list[str] = []
+    for n in names:
+        texts += utterance_texts(train_pools[n], round(per_source[n]), rng, args.max_words)
+    rng.shuffle(texts)
+    for i, text in enumerate(texts[: args.train]):
+        jobs.append(
+            Job(i, "train", text, draw_voice(rng, engines, False, variants), args.seed, f"clips/train/{i:06d}.flac")
+        )
+    for i, text in enumerate(utterance_texts(test_sentences, args.test, rng, args.max_words)):
+        jobs.append(
+            Job(i, "test", text, draw_voice(rng, engines, True, variants), args.seed, f"clips/test/{i:06d}.flac")
+        )
+    info = {
+        "engines": engines,
+        "sentences": {n: len(s) for n, s in corpus.items()},
+        "held_out": {"espeak_variants": sorted(HELD_OUT_ESPEAK_VARIANTS), "flite": sorted(HELD_OUT_FLITE)},
+        "seed": args.seed,
+    }
+    return jobs, info
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--train", type=int, default=2000, help="training clips (default 2000)")
+    p.add_argument("--test", type=int, default=200, help="test clips, held-out voices and sentences (default 200)")
+    p.add_argument("--workers", type=int, default=2, help="processes (at most 2; default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-words", type=int, default=45, help="words per utterance at most (default 45)")
+    p.add_argument("--engines", default="espeak,flite,festival,hibari", help="comma-separated engines to use")
+    args = p.parse_args(argv)
+    args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    args.workers = max(1, min(2, args.workers))
+    jobs, info = plan(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"engines {info['engines']}; sentences {info['sentences']}; {len(jobs)} clips", file=sys.stderr)
+    from tqdm import tqdm
+
+    results: list[dict | None]
+    work = [(job, str(args.out)) for job in jobs]
+    if args.workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(args.workers) as pool:
+            results = list(tqdm(pool.imap(_run, work, chunksize=4), total=len(work), desc="clips", unit="clip"))
+    else:
+        results = [_run(w) for w in tqdm(work, desc="clips", unit="clip")]
+    for split in ("train", "test"):
+        rows = [r for r in results if r and r["split"] == split]
+        (args.out / f"{split}.tsv").write_text("".join(f"{r['audio']}\t{r['text']}\n" for r in rows), encoding="utf-8")
+        with open(args.out / f"{split}.meta.jsonl", "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+        hours = sum(r["seconds"] for r in rows) / 3600
+        speakers = len({r["speaker"] for r in rows})
+        info[split] = {"clips": len(rows), "hours": round(hours, 3), "speakers": speakers}
+        print(f"{split}: {len(rows)} clips, {hours:.2f} h, {speakers} voices", file=sys.stderr)
+    train_speakers = {r["speaker"] for r in results if r and r["split"] == "train"}
+    test_speakers = {r["speaker"] for r in results if r and r["split"] == "test"}
+    assert not train_speakers & test_speakers, "a held-out voice leaked into training"
+    info["digest"] = hashlib.sha1((args.out / "train.tsv").read_bytes()).hexdigest()[:12]
+    (args.out / "voices.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
