@@ -37,6 +37,7 @@ import argparse
 import gzip
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -454,7 +455,7 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict]:
     per_source = {n: args.train * weights[n] / sum(weights[m] for m in names) for n in names}
     texts: list[str] = []
     for n in names:
-        texts += utterance_texts(train_pools[n], round(per_source[n]), rng, args.max_words)
+        texts += utterance_texts(train_pools[n], math.ceil(per_source[n]), rng, args.max_words)
     rng.shuffle(texts)
     for i, text in enumerate(texts[: args.train]):
         jobs.append(

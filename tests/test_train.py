@@ -1,0 +1,181 @@
+"""The training recipe on the tiny stack: finite losses, the loss falls, resume is exact, exports load."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from asr import train as T
+
+SR = 16_000
+TEXTS = ["the cat sat", "a dog ran", "hello there", "one more"]
+
+
+def _clip(seconds: float, seed: int) -> np.ndarray:
+    """A distinct buzz per clip (pitch and syllable rate depend on the seed)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    buzz = np.sign(np.sin(2 * np.pi * (110 + 40 * seed) * t)) * 0.3 + 0.03 * rng.standard_normal(t.size)
+    return (buzz * (0.6 + 0.4 * np.sin(2 * np.pi * (3 + seed) * t) ** 2)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    lines = []
+    for i, text in enumerate(TEXTS):
+        sf.write(root / f"c{i}.flac", _clip(1.0 + 0.25 * i, i), SR)
+        lines.append(f"c{i}.flac\t{text}\n")
+    (root / "train.tsv").write_text("".join(lines), encoding="utf-8")
+    return root / "train.tsv"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _setup(manifest, tmp_path, **overrides):
+    cfg = T.TrainConfig(manifest=str(manifest), out=str(tmp_path / "run"), model="tiny-random", **overrides)
+    speech, tokenizer, features = T.build_model(cfg)
+    params = T.trainable_parameters(speech, cfg.train)
+    examples, dropped = T.prepare_examples(T.read_manifest(manifest), tokenizer, speech.canvas_length)
+    assert dropped == 0 and len(examples) == len(TEXTS)
+    cache = T.FrameCache(tmp_path / "frames", speech, features)
+    cache.ensure(examples, progress=False)
+    batch = T.make_batch(examples, speech.prompt, speech.canvas_length)
+    return cfg, speech, params, cache.load(examples), batch
+
+
+def test_batch_targets_match_inference_canvas(manifest, tmp_path):
+    cfg, speech, _, _, batch = _setup(manifest, tmp_path)
+    eos, pad = speech.prompt.eos_ids[0], speech.prompt.pad_id
+    ids = speech_ids = batch.canvas[0].tolist()
+    n = len("the cat sat")  # byte tokenizer: one id per character
+    assert ids[n] == eos and all(t == pad for t in ids[n + 1 :]) and len(ids) == speech.canvas_length
+    assert batch.ar_target[0, n].item() == eos and batch.ar_target[0, n + 1 :].eq(-100).all()
+    assert batch.target_lengths.tolist() == [len(t) for t in TEXTS]
+    assert pad not in batch.ctc_targets.tolist() and speech_ids[:n] == batch.ar_input[0, :n].tolist()
+
+
+def test_losses_finite_and_reach_trainable_parameters(manifest, tmp_path):
+    cfg, speech, params, frames, batch = _setup(manifest, tmp_path, self_conditioning=1.0)
+    losses = T.compute_losses(speech, frames, batch, cfg, torch.Generator().manual_seed(0))
+    assert set(losses) == {"total", "diffusion", "ar", "ctc"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    losses["total"].backward()
+    assert all(p.grad is not None for n, p in params.items() if n.startswith("projector."))
+    lora = [p for n, p in params.items() if ".lora_B" in n]
+    assert lora and all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)
+    assert not any(p.requires_grad for p in speech.whisper.parameters())
+    assert not any(p.requires_grad for n, p in speech.backbone.named_parameters() if ".lora_" not in n)
+
+
+def test_each_loss_reaches_the_projector(manifest, tmp_path):
+    cfg, speech, params, frames, batch = _setup(manifest, tmp_path)
+    for name in ("diffusion", "ar", "ctc"):
+        speech.zero_grad(set_to_none=True)
+        T.compute_losses(speech, frames, batch, cfg, torch.Generator().manual_seed(1))[name].backward()
+        grad = speech.projector.layers[0].weight.grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_total_loss_falls_on_a_fixed_batch(manifest, tmp_path):
+    cfg, speech, params, frames, batch = _setup(manifest, tmp_path)
+    optimizer = torch.optim.AdamW(params.values(), lr=3e-3)
+
+    def measure() -> dict[str, float]:
+        with torch.no_grad():
+            out = [T.compute_losses(speech, frames, batch, cfg, torch.Generator().manual_seed(s)) for s in (7, 8)]
+        return {k: sum(float(o[k]) for o in out) / len(out) for k in out[0]}
+
+    before = measure()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(25):
+        optimizer.zero_grad()
+        T.compute_losses(speech, frames, batch, cfg, generator)["total"].backward()
+        optimizer.step()
+    after = measure()
+    assert after["total"] < 0.8 * before["total"], (before, after)
+    for name in ("diffusion", "ar", "ctc"):
+        assert after[name] < before[name], (name, before, after)
+
+
+def test_resume_gives_the_same_state(manifest, tmp_path):
+    base = dict(manifest=str(manifest), model="tiny-random", batch_size=2, warmup=2, save_every=2, lr=2e-3)
+    straight = T.train(T.TrainConfig(out=str(tmp_path / "a"), steps=4, **base), progress=False)
+    T.train(T.TrainConfig(out=str(tmp_path / "b"), steps=2, **base), progress=False)
+    resumed = T.train(T.TrainConfig(out=str(tmp_path / "b"), steps=4, **base), resume=True, progress=False)
+    assert straight.step == resumed.step == 4
+    a = T.read_checkpoint(tmp_path / "a" / T.CHECKPOINT)
+    b = T.read_checkpoint(tmp_path / "b" / T.CHECKPOINT)
+    assert a["step"] == b["step"] == 4
+    for name, tensor in a["trainable"].items():
+        assert torch.equal(tensor, b["trainable"][name]), name
+    assert torch.equal(a["generator"], b["generator"])
+    state_a, state_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert all(torch.equal(state_a[k]["exp_avg"], state_b[k]["exp_avg"]) for k in state_a)
+    rows = [json.loads(line) for line in (tmp_path / "b" / T.LOG).read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["total"] for r in rows] == [r["total"] for r in straight.history]
+
+
+def test_adapter_export_loads_with_asr_load(manifest, tmp_path):
+    import asr
+    from asr.loading import ADAPTER_FILE
+
+    cfg = T.TrainConfig(manifest=str(manifest), out=str(tmp_path / "run"), model="tiny-random", steps=2, batch_size=2)
+    T.train(cfg, progress=False)
+    pipe = asr.load(str(tmp_path / "run" / ADAPTER_FILE), backbone="tiny-random", device="cpu")
+    trained = T.read_checkpoint(tmp_path / "run" / T.CHECKPOINT)["trainable"]
+    loaded = dict(pipe.model.named_parameters())
+    for name, tensor in trained.items():
+        assert torch.allclose(loaded[name], tensor), name
+    text = pipe.transcribe(str(manifest.parent / "c0.flac"), steps=2, seed=0).text
+    assert isinstance(text, str)
+
+
+def test_train_all_updates_backbone_not_whisper(manifest, tmp_path):
+    cfg = T.TrainConfig(
+        manifest=str(manifest), out=str(tmp_path / "all"), model="tiny-random", train="all", steps=2, batch_size=2
+    )
+    speech, _, _ = T.build_model(cfg)
+    before = {n: p.detach().clone() for n, p in speech.named_parameters()}
+    T.train(cfg, progress=False)
+    trained = T.read_checkpoint(tmp_path / "all" / T.CHECKPOINT)["trainable"]
+    assert not any(n.startswith("whisper.") or ".lora_" in n for n in trained)
+    assert any(n.startswith("backbone.model.decoder.layers") or "language_model.layers" in n for n in trained)
+    changed = [n for n, t in trained.items() if not torch.equal(t, before[n])]
+    assert any(n.startswith("projector.") for n in changed) and any(n.startswith("backbone.") for n in changed)
+    folder = tmp_path / "all" / "model"
+    info = json.loads((folder / "speech.json").read_text())
+    assert (folder / "backbone" / "config.json").is_file() and (folder / "projector.safetensors").is_file()
+    assert info["canvas_length"] == 16 and info["prompt"]["eos_ids"] == [1]
+
+
+def test_cli_runs_and_logs(manifest, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = T.main(["--manifest", str(manifest), "--out", str(out), "--steps", "2", "--batch-size", "2", "--quiet"])
+    assert code == 0
+    assert capsys.readouterr().out.strip().startswith("step 2: total")
+    rows = [json.loads(line) for line in (out / T.LOG).read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(
+        np.isfinite(r[k]) for r in rows for k in ("diffusion", "ar", "ctc")
+    )
+    code = T.main(["--manifest", str(manifest), "--out", str(out), "--steps", "3", "--resume", "--quiet"])
+    assert code == 0 and T.read_checkpoint(out / T.CHECKPOINT)["step"] == 3
+
+
+def test_learning_rate_schedule():
+    cfg = dataclasses.replace(T.TrainConfig(), lr=1.0, warmup=10, steps=110, min_lr_ratio=0.1)
+    assert T.learning_rate(cfg, 0) == pytest.approx(0.1)
+    assert T.learning_rate(cfg, 10) == pytest.approx(1.0)
+    assert T.learning_rate(cfg, 110) == pytest.approx(0.1)
