@@ -1,10 +1,10 @@
 """diffusion-gemma-asr: speech recognition whose transcript is denoised by DiffusionGemma.
 
-    >>> import asr
-    >>> pipe = asr.load()                      # interfaze-ai/diffusion-gemma-asr-small (needs HF_TOKEN, ~52 GB GPU)
-    >>> pipe = asr.load("tiny-random")         # tiny random stack of the same classes (tests, CI)
-    >>> t = pipe.transcribe("speech.wav", steps=16, seed=0)
-    >>> t.text, t.segments[0].steps[-1].argmax, t.to_srt()
+>>> import asr
+>>> pipe = asr.load()                      # interfaze-ai/diffusion-gemma-asr-small (needs HF_TOKEN, ~52 GB GPU)
+>>> pipe = asr.load("tiny-random")         # tiny random stack of the same classes (tests, CI)
+>>> t = pipe.transcribe("speech.wav", steps=16, seed=0)
+>>> t.text, t.segments[0].steps[-1].argmax, t.to_srt()
 """
 
 from .audio import AudioError, load_audio

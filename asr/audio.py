@@ -11,7 +11,6 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
@@ -20,7 +19,7 @@ WINDOW_SECONDS = 30.0  # the whisper encoder's window: one segment is at most th
 MAX_FILE_BYTES = 200 * 1024 * 1024  # uploads larger than this are refused before decoding
 MAX_AUDIO_SECONDS = 4 * 3600.0
 
-AudioInput = Union[str, os.PathLike, bytes, tuple, np.ndarray]
+AudioInput = str | os.PathLike | bytes | tuple | np.ndarray
 
 
 class AudioError(ValueError):
@@ -109,6 +108,8 @@ def _to_mono_16k(samples: np.ndarray, rate: int, max_seconds: float) -> np.ndarr
         raise AudioError(f"audio samples must be numbers, got dtype {samples.dtype}")
     if not 1000 <= rate <= 384_000:
         raise AudioError(f"unsupported sample rate {rate} Hz (expected 1 kHz to 384 kHz)")
+    if samples.size == 0:
+        raise AudioError("the audio contains no samples")
     if samples.ndim == 2:  # (n, channels) as soundfile and Gradio give it, or (channels, n)
         channel_axis = 1 if samples.shape[1] <= samples.shape[0] else 0
         samples = _scale_to_float(samples).mean(axis=channel_axis)
@@ -116,8 +117,6 @@ def _to_mono_16k(samples: np.ndarray, rate: int, max_seconds: float) -> np.ndarr
         samples = _scale_to_float(samples)
     else:
         raise AudioError(f"audio must be 1-D or 2-D (samples x channels), got shape {samples.shape}")
-    if samples.size == 0:
-        raise AudioError("the audio contains no samples")
     if not np.isfinite(samples).all():
         raise AudioError("the audio contains NaN or infinite samples")
     if samples.size / rate > max_seconds:
@@ -209,7 +208,7 @@ def _pauses(voiced: np.ndarray) -> list[tuple[float, float]]:
     padded = np.concatenate([[True], voiced, [True]]).astype(np.int8)
     edges = np.diff(padded)
     starts, ends = np.flatnonzero(edges == -1), np.flatnonzero(edges == 1)
-    return [(a * FRAME, b * FRAME) for a, b in zip(starts, ends) if (b - a) * FRAME >= MIN_PAUSE]
+    return [(a * FRAME, b * FRAME) for a, b in zip(starts, ends, strict=True) if (b - a) * FRAME >= MIN_PAUSE]
 
 
 def cut(audio: np.ndarray, span: Span) -> np.ndarray:

@@ -14,7 +14,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="python -m asr", description="Transcribe audio with diffusion-gemma-asr.")
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3, ...)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id, adapter folder/.pt, or tiny-random (default {DEFAULT_MODEL})")
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"hub id, adapter folder/.pt, or tiny-random (default {DEFAULT_MODEL})"
+    )
     p.add_argument("--steps", type=int, default=16, help="denoising steps (default 16)")
     p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible output")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")

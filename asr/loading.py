@@ -146,7 +146,9 @@ def build_tiny(seed: int = 0, canvas_length: int = 16) -> tuple[SpeechModel, obj
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed + 1)
     try:
-        projector = Projector(M.default_projector_layout(whisper.config.d_model, 48, backbone.config.text_config.hidden_size))
+        projector = Projector(
+            M.default_projector_layout(whisper.config.d_model, 48, backbone.config.text_config.hidden_size)
+        )
     finally:
         torch.random.set_rng_state(gen_state)
     prompt = M.prompt_format_from_tokenizer(tokenizer, eos_ids=[tokenizer.eos_token_id])

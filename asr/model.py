@@ -93,7 +93,7 @@ class Projector(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels_first = False
-        for layer, spec, act in zip(self.layers, self.layout, self._activate):
+        for layer, spec, act in zip(self.layers, self.layout, self._activate, strict=True):
             if spec.kind == "conv":
                 if not channels_first:
                     x, channels_first = x.transpose(1, 2), True
@@ -106,7 +106,7 @@ class Projector(nn.Module):
 
     @classmethod
     def layout_from_state_dict(cls, state: dict[str, torch.Tensor]) -> list[LayerSpec]:
-        """Read the layer layout from a state dict's keys and shapes (layers in key order).
+        """Read the layer layout from a state dict's keys and shapes (layers in the dict's order).
 
         3-D weights are Conv1d (stride 2 when there are three convolutions, as x8 subsampling implies), 2-D
         weights Linear, 1-D weights LayerNorm. Anything else raises :class:`ProjectorLayoutError`.
@@ -115,9 +115,8 @@ class Projector(nn.Module):
         for key, value in state.items():
             prefix, _, leaf = key.rpartition(".")
             groups.setdefault(prefix, {})[leaf] = value
-        order = sorted(groups, key=_natural_key) if all(re.search(r"\d", p) for p in groups) else list(groups)
         specs: list[LayerSpec] = []
-        for prefix in order:
+        for prefix in groups:  # a state dict keeps the modules' registration (= forward) order
             params = groups[prefix]
             if set(params) - {"weight", "bias"} or "weight" not in params:
                 raise ProjectorLayoutError(
@@ -136,7 +135,9 @@ class Projector(nn.Module):
         stride = round(SUBSAMPLING ** (1 / convs)) if convs else 1
         if convs and stride**convs != SUBSAMPLING:
             raise ProjectorLayoutError(f"{convs} convolutions cannot subsample x{SUBSAMPLING} with equal strides")
-        return [LayerSpec(s.kind, s.in_dim, s.out_dim, s.kernel, stride, s.bias) if s.kind == "conv" else s for s in specs]
+        return [
+            LayerSpec(s.kind, s.in_dim, s.out_dim, s.kernel, stride, s.bias) if s.kind == "conv" else s for s in specs
+        ]
 
     @staticmethod
     def canonical_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -146,14 +147,8 @@ class Projector(nn.Module):
             prefix = key.rpartition(".")[0]
             if prefix not in prefixes:
                 prefixes.append(prefix)
-        if all(re.search(r"\d", p) for p in prefixes):
-            prefixes.sort(key=_natural_key)
         index = {p: i for i, p in enumerate(prefixes)}
         return {f"layers.{index[k.rpartition('.')[0]]}.{k.rpartition('.')[2]}": v for k, v in state.items()}
-
-
-def _natural_key(text: str) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
 
 @dataclass
@@ -169,7 +164,13 @@ class PromptFormat:
     pad_id: int = 0
 
     def ids(self, num_slots: int) -> list[int]:
-        return [*self.prefix, self.audio_start_id, *([self.audio_token_id] * num_slots), self.audio_end_id, *self.suffix]
+        return [
+            *self.prefix,
+            self.audio_start_id,
+            *([self.audio_token_id] * num_slots),
+            self.audio_end_id,
+            *self.suffix,
+        ]
 
 
 # Gemma 4 chat turn asking for a transcript. The released adapter's exact training prompt is not public; a
@@ -178,7 +179,9 @@ PROMPT_PREFIX = "<|turn>user\n"
 PROMPT_SUFFIX = "Transcribe the audio.<turn|>\n<|turn>model\n"
 
 
-def prompt_format_from_tokenizer(tokenizer, eos_ids: list[int], prefix: str = PROMPT_PREFIX, suffix: str = PROMPT_SUFFIX) -> PromptFormat:
+def prompt_format_from_tokenizer(
+    tokenizer, eos_ids: list[int], prefix: str = PROMPT_PREFIX, suffix: str = PROMPT_SUFFIX
+) -> PromptFormat:
     """Build the prompt ids with ``tokenizer`` (which must know the three audio marker tokens)."""
     ids = tokenizer.convert_tokens_to_ids(list(AUDIO_TOKENS))
     if any(i is None or i == tokenizer.unk_token_id for i in ids):
@@ -200,7 +203,11 @@ class SpeechModel(nn.Module):
     """whisper encoder + projector + DiffusionGemma backbone (LoRA already injected, if any) + prompt format."""
 
     def __init__(
-        self, whisper: WhisperEncoder, projector: Projector, backbone: DiffusionGemmaForBlockDiffusion, prompt: PromptFormat
+        self,
+        whisper: WhisperEncoder,
+        projector: Projector,
+        backbone: DiffusionGemmaForBlockDiffusion,
+        prompt: PromptFormat,
     ):
         super().__init__()
         self.whisper = whisper.eval().requires_grad_(False)
@@ -211,7 +218,9 @@ class SpeechModel(nn.Module):
         if projector.out_dim != hidden:
             raise ProjectorLayoutError(f"projector outputs {projector.out_dim} features, the backbone expects {hidden}")
         if projector.in_dim != whisper.config.d_model:
-            raise ProjectorLayoutError(f"projector takes {projector.in_dim} features, whisper gives {whisper.config.d_model}")
+            raise ProjectorLayoutError(
+                f"projector takes {projector.in_dim} features, whisper gives {whisper.config.d_model}"
+            )
 
     @property
     def num_slots(self) -> int:
@@ -311,9 +320,13 @@ def inject_lora(backbone: nn.Module, ranks: dict[str, int], alpha: float | None 
     inject_adapter_in_model(config, backbone)
 
 
-def attention_lora_targets(backbone: nn.Module, projections: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")) -> list[str]:
+def attention_lora_targets(
+    backbone: nn.Module, projections: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+) -> list[str]:
     """Names of every encoder and decoder attention projection of ``backbone`` (the adapter's LoRA targets)."""
-    pattern = re.compile(r"model\.(encoder\.language_model|decoder)\.layers\.\d+\.self_attn\.(" + "|".join(projections) + r")$")
+    pattern = re.compile(
+        r"model\.(encoder\.language_model|decoder)\.layers\.\d+\.self_attn\.(" + "|".join(projections) + r")$"
+    )
     return [name for name, _ in backbone.named_modules() if pattern.match(name)]
 
 
@@ -364,4 +377,3 @@ def tiny_whisper_config() -> WhisperConfig:
         decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80, max_source_positions=1500, vocab_size=64,
         pad_token_id=0, bos_token_id=1, eos_token_id=1, decoder_start_token_id=1,
     )  # fmt: skip
-

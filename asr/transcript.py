@@ -155,9 +155,7 @@ class Transcript:
 
     def to_vtt(self) -> str:
         cues = [s for s in self.segments if s.text.strip()]
-        body = "".join(
-            f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{s.text.strip()}\n\n" for s in cues
-        )
+        body = "".join(f"{_timestamp(s.start, '.')} --> {_timestamp(s.end, '.')}\n{s.text.strip()}\n\n" for s in cues)
         return "WEBVTT\n\n" + body
 
     def format(self, fmt: str) -> str:

@@ -1,0 +1,45 @@
+"""Shared fixtures: the tiny random stack and synthetic audio with known structure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+SR = 16_000
+
+
+def speechlike(seconds: float, seed: int = 0, sr: int = SR) -> np.ndarray:
+    """Voiced-sounding noise: a 120-240 Hz buzz with formant-like filtering and syllable-rate amplitude."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 120 + 60 * rng.random()
+    buzz = np.sign(np.sin(2 * np.pi * f0 * t)) * 0.3 + 0.05 * rng.standard_normal(t.size)
+    syllables = 0.6 + 0.4 * np.sin(2 * np.pi * 4.0 * t + rng.random() * 6) ** 2
+    return (buzz * syllables * 0.5).astype(np.float32)
+
+
+def with_pauses(pattern: list[tuple[str, float]], seed: int = 0) -> np.ndarray:
+    """Concatenate ('speech', s) and ('pause', s) pieces; pauses are digital silence plus faint noise."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for i, (kind, seconds) in enumerate(pattern):
+        if kind == "speech":
+            parts.append(speechlike(seconds, seed + i))
+        else:
+            parts.append((1e-5 * rng.standard_normal(int(seconds * SR))).astype(np.float32))
+    return np.concatenate(parts)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    import asr
+
+    return asr.load("tiny-random", device="cpu")
+
+
+@pytest.fixture()
+def speech_wav(tmp_path):
+    path = tmp_path / "speech.wav"
+    sf.write(path, speechlike(3.0), SR)
+    return path

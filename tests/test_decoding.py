@@ -1,0 +1,101 @@
+"""The step-by-step denoiser against transformers' own DiffusionGemmaForBlockDiffusion.generate()."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from asr.decoding import DenoiseOptions, denoise
+from asr.loading import build_tiny
+
+
+@pytest.fixture(scope="module")
+def stack():
+    speech, _, _ = build_tiny(seed=0)
+    return speech.eval()
+
+
+def _prefilled(speech, batch: int, seed: int):
+    """Prompt embeddings of random features; cache A = full prompt (ours), cache B = all but the last token."""
+    feats = torch.randn(batch, 80, 3000, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        embeds = speech.prompt_embeddings(speech.embed_audio(feats))
+        head = speech.prefill(embeds[:, :-1])
+        reference_cache = copy.deepcopy(head)
+        ours = speech.prefill(embeds[:, -1:], head)  # what generate() does with the last prompt token
+    last_ids = torch.full((batch, 1), speech.prompt.ids(speech.num_slots)[-1])
+    return ours, reference_cache, last_ids, embeds.shape[1]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("steps", [1, 8])
+def test_same_canvas_as_generate(stack, batch, steps):
+    cache, ref_cache, last_ids, prompt_len = _prefilled(stack, batch, seed=batch * 10 + steps)
+    canvas = stack.canvas_length
+    seed = 1234 + steps
+    ours = denoise(
+        stack.backbone, cache, prompt_len, batch, DenoiseOptions(steps=steps), torch.Generator().manual_seed(seed)
+    )
+    torch.manual_seed(seed)
+    ref = stack.backbone.generate(
+        input_ids=last_ids, past_key_values=ref_cache, max_new_tokens=canvas, max_denoising_steps=steps
+    )
+    assert ref.sequences.shape == (batch, 1 + canvas)
+    assert torch.equal(ours.tokens, ref.sequences[:, -canvas:])
+    assert ours.steps_run == steps
+    for b in range(batch):  # the last recorded draft is what was returned
+        assert ours.trace[b].argmax[-1].tolist() == ours.tokens[b].tolist()
+        assert len(ours.trace[b]) == steps
+
+
+def test_early_stop_matches_generate(stack):
+    """A loose confidence threshold makes the stability rule end denoising early, in both implementations."""
+    batch, steps, seed = 2, 24, 3
+    cache, ref_cache, last_ids, prompt_len = _prefilled(stack, batch, seed=3)
+    options = DenoiseOptions(steps=steps, confidence_threshold=1e6, t_min=0.01, t_max=0.02)
+    ours = denoise(stack.backbone, cache, prompt_len, batch, options, torch.Generator().manual_seed(seed))
+    torch.manual_seed(seed)
+    ref = stack.backbone.generate(
+        input_ids=last_ids, past_key_values=ref_cache, max_new_tokens=stack.canvas_length,
+        max_denoising_steps=steps, confidence_threshold=1e6, t_min=0.01, t_max=0.02,
+    )  # fmt: skip
+    assert torch.equal(ours.tokens, ref.sequences[:, -stack.canvas_length :])
+    assert ours.steps_run < steps  # it did stop early
+
+
+def test_record_is_consistent(stack):
+    cache, _, _, prompt_len = _prefilled(stack, 2, seed=7)
+    result = denoise(stack.backbone, cache, prompt_len, 2, DenoiseOptions(steps=5), torch.Generator().manual_seed(0))
+    trace = result.trace[0]
+    vocab = stack.backbone.config.text_config.vocab_size
+    assert trace.canvas.shape == (5, stack.canvas_length)
+    assert (trace.canvas >= 0).all() and (trace.canvas < vocab).all()
+    # temperatures fall linearly from t_max to t_min (t at k steps remaining = t_min + (t_max - t_min) k / N)
+    assert trace.temperature.tolist() == pytest.approx([0.4 + 0.4 * k / 5 for k in range(5, 0, -1)])
+    assert ((trace.confidence > 0) & (trace.confidence <= 1)).all()
+    # accepted positions of step i carry the sampled token into the canvas of step i+1
+    for i in range(4):
+        kept = trace.accepted[i]
+        assert (trace.canvas[i + 1][kept] == trace.sampled[i][kept]).all()
+    step = trace[2]
+    assert step.index == 2 and len(step.argmax) == stack.canvas_length and isinstance(step.accepted[0], bool)
+
+
+def test_seed_reproducible_and_seeds_differ(stack):
+    outs = []
+    for seed in (0, 0, 1):
+        cache, _, _, prompt_len = _prefilled(stack, 1, seed=3)
+        outs.append(
+            denoise(stack.backbone, cache, prompt_len, 1, DenoiseOptions(steps=3), torch.Generator().manual_seed(seed))
+        )
+    assert torch.equal(outs[0].tokens, outs[1].tokens)
+    assert (outs[0].trace[0].canvas[0] != outs[2].trace[0].canvas[0]).any()
+
+
+def test_options_validate():
+    with pytest.raises(ValueError):
+        DenoiseOptions(steps=0)
+    with pytest.raises(ValueError):
+        DenoiseOptions(t_min=0.9, t_max=0.5)
