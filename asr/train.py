@@ -590,12 +590,40 @@ def export_model(
             "pad_id": p.pad_id,
         },  # fmt: skip
         "canvas_length": speech.canvas_length,
-        "whisper": cfg.whisper,
+        "whisper": "tiny-random" if cfg.model == "tiny-random" else _relative_to(cfg.whisper, out),
         "projector_layout": [dataclasses.asdict(s) for s in speech.projector.layout],
         "train": dataclasses.asdict(cfg),
     }
     (out / "speech.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     return out
+
+
+def _relative_to(path: str, folder: Path) -> str:
+    """``path`` relative to ``folder`` when it is a local folder (so an exported model can move with its encoder)."""
+    if path == "tiny-random" or not Path(path).exists():
+        return path
+    return os.path.relpath(Path(path).resolve(), folder.resolve())
+
+
+def load_exported(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """``(SpeechModel, tokenizer, feature extractor)`` from a folder written by :func:`export_model`."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
+
+    folder = Path(folder)
+    info = json.loads((folder / "speech.json").read_text(encoding="utf-8"))
+    backbone = DiffusionGemmaForBlockDiffusion.from_pretrained(folder / "backbone", dtype=dtype)
+    backbone.config.canvas_length = int(info["canvas_length"])
+    whisper_spec = info["whisper"]
+    if whisper_spec != "tiny-random" and not Path(whisper_spec).is_absolute():
+        whisper_spec = str((folder / whisper_spec).resolve())
+    seed = int(info.get("train", {}).get("seed", 0))
+    whisper, features = load_whisper(whisper_spec, seed)
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    projector = Projector([M.LayerSpec(**spec) for spec in info["projector_layout"]])
+    projector.load_state_dict({k: v.float() for k, v in load_file(folder / "projector.safetensors").items()})
+    speech = SpeechModel(whisper.to(dtype), projector.to(dtype), backbone, M.PromptFormat(**info["prompt"]))
+    return speech.to(device).eval(), tokenizer, features
 
 
 def export(speech: SpeechModel, tokenizer, cfg: TrainConfig, out: Path) -> Path:

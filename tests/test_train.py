@@ -159,6 +159,18 @@ def test_train_all_updates_backbone_not_whisper(manifest, tmp_path):
     info = json.loads((folder / "speech.json").read_text())
     assert (folder / "backbone" / "config.json").is_file() and (folder / "projector.safetensors").is_file()
     assert info["canvas_length"] == 16 and info["prompt"]["eos_ids"] == [1]
+    loaded, tokenizer, _ = T.load_exported(folder)
+    params = dict(loaded.named_parameters())
+    for name, tensor in trained.items():  # exported in float16
+        assert torch.allclose(params[name], tensor, rtol=1e-2, atol=1e-3), name
+    assert loaded.prompt == speech.prompt and tokenizer.decode(tokenizer.encode("hi", add_special_tokens=False)) == "hi"
+
+    from asr.evaluate import load_exported_pipeline
+
+    pipe = load_exported_pipeline(folder, "cpu")
+    assert "small model" in pipe.name and isinstance(
+        pipe.transcribe(str(manifest.parent / "c1.flac"), steps=2).text, str
+    )
 
 
 def test_cli_runs_and_logs(manifest, tmp_path, capsys):
