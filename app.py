@@ -32,6 +32,7 @@ import numpy as np
 import asr
 from asr import audio as A
 from asr.decoding import trim_tokens
+from spaces.config import Config as _SpacesConfig
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES_DIR = HERE / "examples"
@@ -57,6 +58,7 @@ MAX_AUDIO_SECONDS = _env_float("ASR_MAX_AUDIO_SECONDS", 600.0)
 FALLBACK_MODEL = os.environ.get("ASR_FALLBACK_MODEL", "tiny-random")
 # How many model requests run at once (each claims its own GPU on ZeroGPU; locally they share the pipeline's lock).
 CONCURRENCY = max(1, int(_env_float("ASR_CONCURRENCY", 4)))
+ON_ZEROGPU = bool(_SpacesConfig.zero_gpu)
 # GPU-time estimate per denoising step of one batch of up to 16 windows (bf16 backbone; see gpu_seconds).
 GPU_SECONDS_PER_STEP = _env_float("ASR_GPU_SECONDS_PER_STEP", 0.5)
 
@@ -139,7 +141,7 @@ def model_status(state: ModelState) -> str:
     where = ""
     if pipe is not None:
         dtype = str(next(pipe.model.parameters()).dtype).removeprefix("torch.")
-        zero = " on ZeroGPU" if os.environ.get("SPACES_ZERO_GPU") else ""
+        zero = " on ZeroGPU" if ON_ZEROGPU else ""
         where = f"device <code>{html.escape(pipe.device)}</code>{zero} · <code>{dtype}</code>"
     if state.error is None and pipe is not None:
         note = ""
@@ -312,7 +314,7 @@ def _run(state: ModelState, audio, steps: list[int], seed, record_steps: bool, p
     wave = _decode(audio, max_seconds)
     seed = _seed(seed)
     if progress is not None:
-        progress(0.02, desc="waiting for the GPU" if os.environ.get("SPACES_ZERO_GPU") else "running the model")
+        progress(0.02, desc="waiting for the GPU" if ON_ZEROGPU else "running the model")
     try:
         return run_model(state.key, wave, [int(s) for s in steps], seed, record_steps, progress=progress)
     except gr.Error:
@@ -352,7 +354,10 @@ def transcript_dict(transcript: asr.Transcript, steps: bool, pipe: asr.Pipeline 
         unreadable = [i for i, p in zip(ordered, pieces, strict=True) if p == "" or "\ufffd" in p]
         if unreadable:
             names = pipe.tokenizer.convert_ids_to_tokens(unreadable)
-            out["token_names"] = {str(i): str(n) for i, n in zip(unreadable, names, strict=True)}
+            # (an id the tokenizer has no entry for, as in the tiny stack's spare vocabulary, is shown by its number)
+            out["token_names"] = {
+                str(i): n if n is not None else f"#{i}" for i, n in zip(unreadable, names, strict=True)
+            }
     return out
 
 
@@ -480,9 +485,12 @@ PLAYER_CSS = """
 .dv .dv-scrub { flex: 1 1 220px; accent-color: var(--color-accent); }
 .dv .dv-label { font-variant-numeric: tabular-nums; font-weight: 600; min-width: 104px; }
 .dv select, .dv label { font-size: 13px; color: var(--body-text-color); }
+.dv input[type=checkbox] { appearance: auto; -webkit-appearance: checkbox; background-image: none; width: 14px;
+  height: 14px; accent-color: var(--color-accent); vertical-align: middle; margin: 0 3px 0 0; }
 .dv select { border-radius: 6px; padding: 3px 6px; background: var(--input-background-fill);
   border: 1px solid var(--border-color-primary); }
 .dv .dv-stats { font-size: 13px; color: var(--body-text-color-subdued); margin: 2px 0 8px; }
+.dv .dv-chart-label { font-size: 11px; color: var(--body-text-color-subdued); }
 .dv .dv-chart { display: flex; align-items: flex-end; gap: 2px; height: 46px; margin: 4px 0 10px;
   padding: 3px; border-radius: 6px; background: var(--background-fill-secondary); }
 .dv .dv-chart span { flex: 1; min-width: 3px; border-radius: 2px 2px 0 0; background: #a5b4fc; cursor: pointer;
@@ -598,7 +606,7 @@ function build() {
   const bars = segs[seg].steps.map((st, i) => {
     const a = st.accepted.filter(Boolean).length / Math.max(1, st.accepted.length);
     return '<span data-i="' + i + '" title="step ' + (i + 1) + ': ' + Math.round(100 * a) +
-      '% accepted" style="height:' + Math.max(4, Math.round(100 * a)) + '%"></span>';
+      '% accepted" style="height:' + Math.max(6, Math.round(100 * a)) + '%"></span>';
   }).join('');
   root.innerHTML =
     '<div class="dv-bar">' +
@@ -620,6 +628,7 @@ function build() {
       '<span>small grey line: the canvas the model was given at this step (step 1: uniform random tokens)</span>' +
     '</div>' +
     '<div class="dv-stats"></div>' +
+    '<div class="dv-chart-label">positions accepted at each step (click a bar to jump there)</div>' +
     '<div class="dv-chart" title="share of positions accepted at each step (click to jump)">' + bars + '</div>' +
     (segs.length > 1 ? '<div class="dv-seg"></div>' : '') +
     '<div class="dv-canvas"></div><div class="dv-draft"></div>';

@@ -398,3 +398,16 @@ def test_python_app_py_starts_offline_with_the_tiny_model(tmp_path):
             proc.kill()
             out, _ = proc.communicate()
     assert "Traceback" not in out, out
+
+
+def test_the_api_snippet_shown_in_the_app_works(app, server):
+    """The gradio_client example in the About tab runs as written (pointed at this server and an example clip)."""
+    code = app.ABOUT.split("```python")[1].split("```")[0]
+    code = code.replace('"owner/space-name"', repr(server["url"])).replace(
+        '"speech.wav"', repr(str(example_files()[0]))
+    )
+    namespace: dict = {}
+    exec(compile(code, "about-snippet", "exec"), namespace)  # noqa: S102 - our own documentation
+    assert isinstance(namespace["text"], str) and namespace["result"]["steps"] == 16
+    assert len(namespace["record"]["segments"][0]["steps"]) == 8
+    assert [r["steps"] for r in namespace["runs"]["runs"]] == [4, 8, 16, 32]
