@@ -4,12 +4,15 @@
 
 - ``"tiny-random"``: a ~0.3 M-parameter stack of the real classes with random weights, built in code (tests, CI).
   Its transcripts are noise by construction; it is never presented as a real model.
+- ``"mini"``: the small model trained by this project (``asr/mini/model``), or any folder holding a small model
+  exported by :mod:`asr.train` (``speech.json``, ``backbone/``, ``projector.safetensors``, ``tokenizer/``);
 - a path to ``diffusion_asr_small.pt`` or to a folder holding it: that adapter on the real backbone and encoder;
 - a hub id (default ``interfaze-ai/diffusion-gemma-asr-small``): the adapter downloaded with ``HF_TOKEN``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -26,6 +29,8 @@ ADAPTER_FILE = "diffusion_asr_small.pt"
 BACKBONE = "google/diffusiongemma-26B-A4B-it"
 WHISPER = "openai/whisper-small"
 DEFAULT_CANVAS = 192  # the model card's canvas; a checkpoint's "canvas_length" entry overrides it
+MINI_DIR = Path(__file__).parent / "mini" / "model"
+SMALL_MODEL_INFO = "speech.json"
 
 
 class ModelLoadError(RuntimeError):
@@ -74,6 +79,8 @@ def build(model, device, dtype, backbone=BACKBONE, whisper=WHISPER, canvas_lengt
     """Build the parts of a pipeline: ``(SpeechModel, tokenizer, feature extractor)``."""
     if model == "tiny-random":
         return build_tiny(seed=0)
+    if model == "mini" or (Path(model) / SMALL_MODEL_INFO).is_file():
+        return load_small_model(MINI_DIR if model == "mini" else Path(model), canvas_length)
     ckpt = read_adapter(_fetch(model, ADAPTER_FILE, os.environ.get("HF_TOKEN") or None, gated=True))
     if backbone == "tiny-random":
         whisper_enc, bb, tokenizer, features = _tiny_parts(seed=0, canvas_length=canvas_length or 16)
@@ -153,6 +160,49 @@ def build_tiny(seed: int = 0, canvas_length: int = 16) -> tuple[SpeechModel, obj
         torch.random.set_rng_state(gen_state)
     prompt = M.prompt_format_from_tokenizer(tokenizer, eos_ids=[tokenizer.eos_token_id])
     return SpeechModel(whisper, projector, backbone, prompt), tokenizer, features
+
+
+# --- a small model folder (asr.train's export) ---------------------------------------------------------------------
+
+
+def load_small_model(folder: Path, canvas_length: int | None = None):
+    """A complete small model from ``folder``: ``speech.json`` (prompt ids, canvas, whisper folder), ``backbone/``,
+    ``projector.safetensors`` and ``tokenizer/``. The whisper encoder folder is looked up beside the model."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    info_path = folder / SMALL_MODEL_INFO
+    if not info_path.is_file():
+        if folder == MINI_DIR:
+            raise ModelLoadError(f"the small model 'mini' is not in this installation ({folder} is missing)")
+        raise ModelLoadError(f"{folder} holds no {SMALL_MODEL_INFO}")
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        whisper_dir = _find_whisper(info["whisper"], folder)
+        whisper = WhisperEncoder.from_pretrained(whisper_dir, dtype=torch.float32)
+        if (whisper_dir / "preprocessor_config.json").is_file():
+            features = WhisperFeatureExtractor.from_pretrained(whisper_dir)
+        else:
+            features = WhisperFeatureExtractor(feature_size=whisper.config.num_mel_bins)
+        backbone = DiffusionGemmaForBlockDiffusion.from_pretrained(folder / "backbone", dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+        projector = adapter_projector({"projector": load_file(folder / "projector.safetensors")})
+        prompt = M.PromptFormat(**info["prompt"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise ModelLoadError(f"the small model in {folder} is incomplete or unreadable: {exc}") from exc
+    backbone.config.canvas_length = canvas_length or int(info.get("canvas_length", backbone.config.canvas_length))
+    try:
+        speech = SpeechModel(whisper, projector, backbone, prompt)
+    except ProjectorLayoutError as exc:
+        raise AdapterError(f"projector: {exc}") from exc
+    return speech, tokenizer, features
+
+
+def _find_whisper(name: str, folder: Path) -> Path:
+    for candidate in (folder / name, Path(name), Path(__file__).parent / "mini" / Path(name).name):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise ModelLoadError(f"the whisper encoder {name!r} named in {folder / SMALL_MODEL_INFO} was not found")
 
 
 # --- adapter checkpoint --------------------------------------------------------------------------------------------
