@@ -125,6 +125,11 @@ def what_to_do(error: str) -> str:
             "connect this machine to the Hugging Face hub once (the weights are cached), or point `ASR_MODEL` at a "
             "local adapter folder; `ASR_MODEL=tiny-random` starts without network."
         )
+    if "not in this installation" in low:
+        return (
+            "that model's files are not on this machine: build or download them first (see the README), or choose "
+            "another model with `ASR_MODEL` / `--model` (a hub id, an adapter folder, or `tiny-random`)."
+        )
     if "neither a local file" in low or "not found" in low or "holds no" in low:
         return (
             "set `ASR_MODEL` (or `--model`) to a hub id such as `interfaze-ai/diffusion-gemma-asr-small`, a folder "
@@ -674,7 +679,7 @@ CSS = """
 .asr-note.nospeech { background: rgba(59,130,246,.10); border: 1px solid #93c5fd; }
 .asr-note.random { background: rgba(245,158,11,.10); border: 1px solid #fcd34d; }
 .cmp-caption { font-size: 13px; color: var(--body-text-color-subdued); margin-bottom: 8px; }
-.cmp-grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(210px, 1fr)); gap: 12px; }
+.cmp-grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(220px, 1fr)); gap: 12px; }
 .cmp-card { border: 1px solid var(--border-color-primary); border-radius: 12px; padding: 12px;
   background: var(--background-fill-primary); }
 .cmp-card.mine { border: 2px solid var(--color-accent); }
@@ -942,10 +947,14 @@ def build_demo(state: ModelState, max_audio_seconds: float = MAX_AUDIO_SECONDS) 
                     "denoising step buy? All runs share one GPU call."
                 )
                 with gr.Row(equal_height=False):
-                    with gr.Column(scale=5):
-                        c_audio = gr.Audio(
-                            sources=["upload", "microphone"], type="filepath", label="Audio", elem_id="steps-audio"
-                        )
+                    c_audio = gr.Audio(
+                        sources=["upload", "microphone"],
+                        type="filepath",
+                        label="Audio",
+                        elem_id="steps-audio",
+                        scale=5,
+                    )
+                    with gr.Column(scale=4):
                         c_steps = _steps_slider(elem_id="steps-steps")
                         c_compare = gr.Dropdown(
                             COMPARE_CHOICES,
@@ -958,17 +967,16 @@ def build_demo(state: ModelState, max_audio_seconds: float = MAX_AUDIO_SECONDS) 
                         )
                         c_seed = _seed_box(elem_id="steps-seed")
                         c_button = gr.Button("Compare step counts", variant="primary", elem_id="steps-button")
-                        if examples:
-                            gr.Examples(
-                                examples,
-                                inputs=[c_audio],
-                                example_labels=labels,
-                                cache_examples=False,
-                                api_visibility="private",
-                            )
-                    with gr.Column(scale=7):
-                        c_cards = gr.HTML(compare_cards(None), elem_id="steps-cards", padding=False)
-                        c_result = gr.JSON(visible=False, label="comparison")
+                if examples:
+                    gr.Examples(
+                        examples,
+                        inputs=[c_audio],
+                        example_labels=labels,
+                        cache_examples=False,
+                        api_visibility="private",
+                    )
+                c_cards = gr.HTML(compare_cards(None), elem_id="steps-cards", padding=False)
+                c_result = gr.JSON(visible=False, label="comparison")
                 c_event = c_button.click(
                     compare_steps,
                     inputs=[c_audio, c_steps, c_compare, c_seed],

@@ -19,7 +19,6 @@ SR = 16_000
 
 # app.py loads its model when imported: make that the tiny random stack, offline
 os.environ["ASR_MODEL"] = "tiny-random"
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

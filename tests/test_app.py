@@ -329,7 +329,7 @@ def test_model_comes_from_flag_then_env_then_default(app, monkeypatch):
     assert app.parse_args([]).model == asr.DEFAULT_MODEL
 
 
-@pytest.mark.parametrize("requested", ["mini", "/nonexistent/adapter.pt"])
+@pytest.mark.parametrize("requested", ["no-such-model", "/nonexistent/adapter.pt"])
 def test_unloadable_model_falls_back_and_says_why(app, requested):
     state = app.load_model(requested)
     assert state.key == "tiny-random" and state.is_fallback and state.error
@@ -338,11 +338,25 @@ def test_unloadable_model_falls_back_and_says_why(app, requested):
     assert "noise" in status
 
 
+def test_every_load_error_gets_a_next_step(app):
+    for reason in [
+        "interfaze-ai/diffusion-gemma-asr-small is gated: accept its terms ... set HF_TOKEN",
+        "not enough GPU memory for google/diffusiongemma-26B-A4B-it",
+        "cannot reach the Hugging Face hub to download x and it is not in the local cache",
+        "the small model 'mini' is not in this installation (asr/mini/model is missing)",
+        "'x' is neither a local file/folder nor a hub id like 'owner/name'",
+        "something unexpected",
+    ]:
+        assert len(app.what_to_do(reason)) > 30
+    assert "HF_TOKEN" in app.what_to_do("repo is gated")
+    assert "tiny-random" in app.what_to_do("not enough GPU memory")
+
+
 def test_without_fallback_requests_get_the_load_error(app, tmp_path):
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
-    state = app.load_model("mini", fallback="none")
+    state = app.load_model("/nonexistent/adapter.pt", fallback="none")
     assert state.pipe is None and "No model is serving" in app.model_status(state)
     with gradio_temp_dir(tmp_path):
         demo = app.build_demo(state, max_audio_seconds=MAX_SECONDS)
