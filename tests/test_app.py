@@ -330,12 +330,33 @@ def test_model_comes_from_flag_then_env_then_default(app, monkeypatch):
 
 
 @pytest.mark.parametrize("requested", ["no-such-model", "/nonexistent/adapter.pt"])
-def test_unloadable_model_falls_back_and_says_why(app, requested):
+def test_unloadable_model_falls_back_and_says_why(app, requested, monkeypatch):
+    monkeypatch.setenv("ASR_ALLOW_CPU", "1")  # reach asr.load's own error, not the app's no-GPU check
     state = app.load_model(requested)
     assert state.key == "tiny-random" and state.is_fallback and state.error
     status = app.model_status(state)
     assert "Could not load" in status and "What to do" in status and "tiny-random" in status
     assert "noise" in status
+
+
+def test_the_real_model_is_refused_at_once_without_a_gpu(app, monkeypatch):
+    import torch
+
+    import asr
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("ASR_ALLOW_CPU", raising=False)
+    real_load = asr.load
+
+    def load(name, *args, **kwargs):
+        assert name == "tiny-random", f"tried to load {name}"
+        return real_load(name, *args, **kwargs)
+
+    monkeypatch.setattr(asr, "load", load)
+    state = app.load_model(asr.DEFAULT_MODEL)
+    assert state.key == "tiny-random" and "no CUDA GPU" in state.error
+    assert "52 GB" in app.model_status(state) and "tiny-random" in app.what_to_do(state.error)
+    assert not app.needs_large_gpu("tiny-random") and not app.needs_large_gpu("mini")
 
 
 def test_every_load_error_gets_a_next_step(app):
@@ -352,10 +373,11 @@ def test_every_load_error_gets_a_next_step(app):
     assert "tiny-random" in app.what_to_do("not enough GPU memory")
 
 
-def test_without_fallback_requests_get_the_load_error(app, tmp_path):
+def test_without_fallback_requests_get_the_load_error(app, tmp_path, monkeypatch):
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
+    monkeypatch.setenv("ASR_ALLOW_CPU", "1")
     state = app.load_model("/nonexistent/adapter.pt", fallback="none")
     assert state.pipe is None and "No model is serving" in app.model_status(state)
     with gradio_temp_dir(tmp_path):

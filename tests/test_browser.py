@@ -156,6 +156,13 @@ def test_visualiser_replays_one_frame_per_step(page):
     assert page.locator("#vis-player .dv-scrub").get_attribute("max") == "5"
     canvas = page.locator("#vis-player .dv-canvas .tok").count()
     assert canvas == 16  # the tiny stack's canvas length: every position is shown
+    # every token is marked accepted or re-noised and coloured by its confidence (a hue from red to green)
+    marks = page.eval_on_selector_all(
+        "#vis-player .dv-canvas .tok",
+        "els => els.map(e => [e.classList.contains('acc') || e.classList.contains('ren'),"
+        " e.style.getPropertyValue('--h')])",
+    )
+    assert all(marked and 8 <= int(hue) <= 138 for marked, hue in marks), marks
     # scrub to the first step, then step forward and jump to the end
     page.locator("#vis-player button[data-act='first']").click()
     assert page.inner_text("#vis-player .dv-label") == "Step 1 / 6"
