@@ -28,7 +28,6 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
-import torch
 
 import asr
 from asr import audio as A
@@ -88,23 +87,12 @@ class ModelState:
         return self.key is not None and self.key != self.requested
 
 
-def needs_large_gpu(model: str) -> bool:
-    """True for the models built on the 26B DiffusionGemma backbone (hub ids and adapter checkpoints)."""
-    if model in ("tiny-random", "mini"):
-        return False
-    return not (Path(model) / "speech.json").is_file()  # a small model folder exported by asr.train
-
-
 def load_model(requested: str, fallback: str | None = FALLBACK_MODEL) -> ModelState:
     """Load ``requested``; when it cannot load, keep the app up on ``fallback`` and remember why."""
     try:
-        if needs_large_gpu(requested) and not torch.cuda.is_available() and os.environ.get("ASR_ALLOW_CPU") != "1":
-            # loading 26B parameters in float32 on the CPU would take ~110 GB of RAM: refuse before downloading
-            raise asr.ModelLoadError(
-                "no CUDA GPU on this machine, and the backbone needs about 52 GB of GPU memory in bf16 "
-                "(ASR_ALLOW_CPU=1 tries the CPU anyway, with ~110 GB of RAM)"
-            )
-        _PIPELINES[requested] = asr.load(requested)
+        # asr.load refuses the 26B backbone at once when "auto" finds no GPU; ASR_ALLOW_CPU=1 asks for the CPU anyway
+        device = "cpu" if os.environ.get("ASR_ALLOW_CPU") == "1" else "auto"
+        _PIPELINES[requested] = asr.load(requested, device=device)
         return ModelState(requested, requested)
     except asr.ModelLoadError as exc:
         error = str(exc)

@@ -95,6 +95,7 @@ def _decode_with_librosa(path: Path, first: Exception) -> tuple[np.ndarray, int]
             samples, rate = librosa.load(str(path), sr=None, mono=False)
     except Exception as exc:  # noqa: BLE001
         reason = str(first).splitlines()[0] if str(first) else type(first).__name__
+        reason = reason.replace(str(path), path.name)  # never show server paths
         raise AudioError(
             f"{path.name} could not be decoded as audio ({reason}). "
             "Supported: wav, flac, ogg/opus, mp3 and what ffmpeg reads; the file may be truncated or not audio."

@@ -61,7 +61,14 @@ def load(
     """
     from .pipeline import Pipeline
 
+    auto = device == "auto"
     device = resolve_device(device)
+    if auto and device == "cpu" and model not in ("tiny-random", "mini") and backbone != "tiny-random":
+        if not (Path(model) / SMALL_MODEL_INFO).is_file():
+            raise ModelLoadError(
+                f"{model} runs on the 26 B-parameter {backbone} backbone, which needs ~52 GB of GPU memory (bf16), "
+                "and no CUDA GPU was found. Pass device='cpu' to try anyway (~110 GB of RAM), or use 'mini'."
+            )
     dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     key = (model, device, dtype, backbone, whisper, canvas_length, lora_alpha)
     with _lock:
@@ -304,8 +311,11 @@ def _real_parts(backbone_id: str, whisper_id: str, device: str, dtype: torch.dty
         tokenizer = AutoTokenizer.from_pretrained(backbone_id, token=token)
         features = WhisperFeatureExtractor.from_pretrained(whisper_id, token=token)
         whisper = WhisperModel.from_pretrained(whisper_id, token=token, dtype=dtype).get_encoder()
+        # On ZeroGPU the weights are loaded first and moved to CUDA at module level (by asr.load), where the move is
+        # intercepted and streamed in per call; elsewhere they go straight to the device.
+        zero_gpu = bool(os.environ.get("SPACES_ZERO_GPU"))
         backbone = DiffusionGemmaForBlockDiffusion.from_pretrained(
-            backbone_id, token=token, dtype=dtype, device_map=device
+            backbone_id, token=token, dtype=dtype, device_map=None if zero_gpu else device
         )
     except torch.OutOfMemoryError as exc:
         raise ModelLoadError(
