@@ -1,0 +1,174 @@
+"""Experimental: :func:`asr.decoding.denoise` with the decoder step replayed as a CUDA graph.
+
+Eager decoder steps are mostly kernel-launch overhead on a GPU (see the shared notes). Here the backbone's decoder
+forward is captured once per (backbone, batch, prompt length, canvas) as a CUDA graph over static buffers: the
+canvas, the self-conditioning logits, a per-row self-conditioning mask and a private copy of the prompt's KV cache
+(the decoder only reads the cache, and every 30 s window has the same prompt length, so one graph serves every
+request of that batch size: each call copies its prefilled K/V into the graph's cache tensors).
+
+The first step has no self-conditioning: instead of a second graph, it runs the same graph with
+``self_conditioning_mask`` all False, which zeroes the self-conditioning signal exactly as passing ``None`` does
+(the logits buffer is finite, so ``x * 0`` is a signed zero and adds nothing).
+
+The loop around the step is :func:`asr.decoding.denoise`'s, copied, consuming random numbers in the same order:
+on the CPU (no graphs; the same static-buffer path runs eagerly) tests/test_fast.py checks that the result and the
+whole step record are identical to ``asr.decoding.denoise``. On a GPU, ``python -m asr.bench --check`` compares the
+graph path with the eager one on the real-size stack. Not yet used by :class:`asr.Pipeline`.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers.cache_utils import Cache
+from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
+    EntropyBoundSampler,
+    EntropyBoundSamplerConfig,
+    LinearTemperatureScheduleLogitsProcessor,
+    StableAndConfidentStoppingCriteria,
+)
+
+from .decoding import DenoiseOptions, DenoiseResult, _Recorder
+
+
+class StepRunner:
+    """The decoder forward for fixed shapes, over static buffers; a CUDA graph on CUDA, eager elsewhere."""
+
+    def __init__(self, backbone, cache: Cache, prompt_length: int, batch_size: int, use_graph: bool | None = None):
+        config = backbone.config
+        device = backbone.device
+        self.backbone = backbone
+        self.key = (batch_size, prompt_length, config.canvas_length)
+        self.use_graph = device.type == "cuda" if use_graph is None else use_graph
+        canvas_length, vocab = config.canvas_length, config.text_config.vocab_size
+        embed_dtype = backbone.model.decoder.embed_tokens.weight.dtype
+        self.cache = copy.deepcopy(cache)  # private tensors: their addresses are baked into the graph
+        self.canvas = torch.zeros((batch_size, canvas_length), dtype=torch.long, device=device)
+        self.self_conditioning = torch.zeros((batch_size, canvas_length, vocab), dtype=embed_dtype, device=device)
+        self.sc_mask = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        decoder_mask = torch.ones((batch_size, prompt_length + canvas_length), dtype=torch.bool, device=device)
+        self.positions = torch.arange(
+            prompt_length, prompt_length + canvas_length, dtype=torch.int32, device=device
+        ).unsqueeze(0)
+        self.mask_mapping = backbone.model.decoder.create_diffusion_decoder_attention_mask(
+            config=config, inputs_embeds=self.canvas.unsqueeze(-1), past_key_values=self.cache,
+            decoder_attention_mask=decoder_mask,
+        )  # fmt: skip
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: torch.Tensor | None = None
+
+    def load_cache(self, cache: Cache) -> None:
+        """Copy a newly prefilled prompt cache (same shapes) into the runner's cache tensors."""
+        for mine, new in zip(self.cache.layers, cache.layers, strict=True):
+            if mine.keys.shape != new.keys.shape or mine.values.shape != new.values.shape:
+                raise ValueError(
+                    f"cache shapes {tuple(new.keys.shape)} differ from the runner's {tuple(mine.keys.shape)}"
+                )
+            mine.keys.copy_(new.keys)
+            mine.values.copy_(new.values)
+
+    def _forward(self) -> torch.Tensor:
+        return self.backbone(
+            decoder_input_ids=self.canvas, self_conditioning_logits=self.self_conditioning,
+            self_conditioning_mask=self.sc_mask, decoder_attention_mask=self.mask_mapping,
+            past_key_values=self.cache, decoder_position_ids=self.positions,
+        ).logits  # fmt: skip
+
+    def _capture(self) -> None:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up off the default stream, as torch.cuda.graphs asks
+                self._forward()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.logits = self._forward()
+        self.graph = graph
+
+    def __call__(self, canvas: torch.Tensor, self_conditioning: torch.Tensor | None) -> torch.Tensor:
+        """Logits for ``canvas`` given the previous step's logits (``None`` at the first step)."""
+        self.canvas.copy_(canvas)
+        if self_conditioning is None:
+            self.sc_mask.fill_(False)
+        else:
+            self.self_conditioning.copy_(self_conditioning)
+            self.sc_mask.fill_(True)
+        if not self.use_graph:
+            return self._forward()
+        if self.graph is None:
+            self._capture()
+        self.graph.replay()
+        return self.logits.clone()  # the graph overwrites its output at the next replay
+
+
+def step_runner(backbone, cache: Cache, prompt_length: int, batch_size: int, use_graph: bool | None = None):
+    """The backbone's runner for these shapes (made on first use, then reused), with ``cache`` loaded."""
+    runners = backbone.__dict__.setdefault("_asr_step_runners", {})
+    key = (batch_size, prompt_length, backbone.config.canvas_length, use_graph)
+    if key not in runners:
+        runners[key] = StepRunner(backbone, cache, prompt_length, batch_size, use_graph)
+    else:
+        runners[key].load_cache(cache)
+    return runners[key]
+
+
+@torch.no_grad()
+def denoise(
+    backbone,
+    cache: Cache,
+    prompt_length: int,
+    batch_size: int,
+    options: DenoiseOptions = DenoiseOptions(),
+    generator: torch.Generator | None = None,
+    record: bool = True,
+    use_graph: bool | None = None,
+) -> DenoiseResult:
+    """:func:`asr.decoding.denoise`, with each decoder step run by a :class:`StepRunner` (same results)."""
+    config = backbone.config
+    vocab, canvas_length = config.text_config.vocab_size, config.canvas_length
+    device = backbone.device
+    runner = step_runner(backbone, cache, prompt_length, batch_size, use_graph)
+    sampler = EntropyBoundSampler(
+        EntropyBoundSamplerConfig(entropy_bound=options.entropy_bound), canvas_length, vocab, options.steps
+    )
+    temperature = LinearTemperatureScheduleLogitsProcessor(options.t_min, options.t_max, options.steps)
+    stopper = (
+        StableAndConfidentStoppingCriteria(options.stability_threshold, options.confidence_threshold)
+        if options.early_stop
+        else None
+    )
+    canvas = torch.randint(0, vocab, (batch_size, canvas_length), device=device, generator=generator)
+    argmax = canvas
+    self_conditioning = None
+    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    rec = _Recorder(options.steps, batch_size, canvas_length, device) if record else None
+    embed_dtype = backbone.model.decoder.embed_tokens.weight.dtype
+
+    steps_run = 0
+    for remaining in range(options.steps, 0, -1):
+        logits = runner(canvas, self_conditioning)
+        scaled = temperature(None, logits, cur_step=remaining)
+        probs = torch.softmax(scaled, dim=-1, dtype=torch.float32)
+        sampled = torch.multinomial(probs.view(-1, vocab), 1, generator=generator).view(batch_size, canvas_length)
+        new_argmax = scaled.argmax(dim=-1)
+        accepted_canvas = sampler.accept_canvas(canvas, sampled, scaled, remaining)
+        accepted = sampler.accepted_token_mask
+        noise = torch.randint(0, vocab, (batch_size, canvas_length), device=device, generator=generator)
+        new_canvas = torch.where(accepted, accepted_canvas, noise)
+        if rec is not None:
+            rec.put(steps_run, remaining / options.steps, options, canvas, sampled, new_argmax, accepted, probs, scaled)
+        if stopper is not None:
+            if finished.any():
+                new_argmax = torch.where(finished[:, None], argmax, new_argmax)
+                new_canvas = torch.where(finished[:, None], canvas, new_canvas)
+                scaled = torch.where(finished[:, None, None], self_conditioning, scaled)
+            finished |= stopper(new_argmax, scaled)
+        canvas, argmax = new_canvas, new_argmax
+        self_conditioning = scaled.to(embed_dtype)
+        steps_run += 1
+        if stopper is not None and bool(finished.all()):
+            break
+    trace = rec.to_host(steps_run) if rec is not None else None
+    return DenoiseResult(tokens=argmax, steps_run=steps_run, trace=trace)

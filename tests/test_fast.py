@@ -1,0 +1,65 @@
+"""asr.fast.denoise (static buffers; a CUDA graph on a GPU) must equal asr.decoding.denoise step for step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from asr import fast
+from asr.decoding import DenoiseOptions, denoise
+from asr.loading import build_tiny
+
+
+@pytest.fixture(scope="module")
+def stack():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: threads only add contention on shared CPUs
+    speech, _, _ = build_tiny(seed=0)
+    yield speech.eval()
+    torch.set_num_threads(threads)
+
+
+def _cache(speech, batch: int, seed: int):
+    feats = torch.randn(batch, 80, 3000, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        embeds = speech.prompt_embeddings(speech.embed_audio(feats))
+        return speech.prefill(embeds), embeds.shape[1]
+
+
+def _same(a, b) -> None:
+    assert torch.equal(a.tokens, b.tokens)
+    assert a.steps_run == b.steps_run
+    for ta, tb in zip(a.trace, b.trace, strict=True):
+        for name in ("temperature", "canvas", "sampled", "argmax", "accepted", "confidence", "entropy"):
+            np.testing.assert_array_equal(getattr(ta, name), getattr(tb, name), err_msg=name)
+
+
+@pytest.mark.parametrize(
+    ("batch", "options"),
+    [
+        (1, DenoiseOptions(steps=1)),
+        (3, DenoiseOptions(steps=8)),
+        (2, DenoiseOptions(steps=24, confidence_threshold=1e6, t_min=0.01, t_max=0.02)),  # stops early
+    ],
+)
+def test_identical_to_reference(stack, batch, options):
+    stack.backbone.__dict__.pop("_asr_step_runners", None)
+    for call, seed in enumerate((5, 6)):  # the second call reuses the runner with a newly loaded cache
+        cache, prompt_len = _cache(stack, batch, seed=seed + 100 * batch)
+        ref = denoise(stack.backbone, cache, prompt_len, batch, options, torch.Generator().manual_seed(seed))
+        got = fast.denoise(stack.backbone, cache, prompt_len, batch, options, torch.Generator().manual_seed(seed))
+        _same(ref, got)
+        assert len(stack.backbone._asr_step_runners) == 1, call
+    if options.steps == 24:
+        assert ref.steps_run < 24
+
+
+def test_runner_refuses_another_prompt_length(stack):
+    cache, prompt_len = _cache(stack, 1, seed=0)
+    runner = fast.StepRunner(stack.backbone, cache, prompt_len, 1)
+    assert not runner.use_graph  # no CUDA graphs on the CPU
+    with torch.no_grad():
+        head = stack.prefill(stack.prompt_embeddings(stack.embed_audio(torch.zeros(1, 80, 3000)))[:, :-1])
+    with pytest.raises(ValueError, match="cache shapes"):
+        runner.load_cache(head)
