@@ -65,6 +65,7 @@ def load(
     device = resolve_device(device)
     if auto and device == "cpu" and model not in ("tiny-random", "mini") and backbone != "tiny-random":
         if not (Path(model) / SMALL_MODEL_INFO).is_file():
+            _fetch(model, ADAPTER_FILE, None, gated=True, download=False)  # a bad local path is the first problem
             raise ModelLoadError(
                 f"{model} runs on the 26 B-parameter {backbone} backbone, which needs ~52 GB of GPU memory (bf16), "
                 "and no CUDA GPU was found. Pass device='cpu' to try anyway (~110 GB of RAM), or use 'mini'."
@@ -77,7 +78,7 @@ def load(
             label = model
             if "tiny-random" in (model, backbone):
                 label += " (random weights: output is noise, for tests only)"
-            speech = speech.to(device=device, dtype=dtype).eval()
+            speech = _to(speech, device, dtype).eval()
             _cache[key] = Pipeline(speech, tokenizer, features, name=label, device=device)
         return _cache[key]
 
@@ -104,6 +105,17 @@ def build(model, device, dtype, backbone=BACKBONE, whisper=WHISPER, canvas_lengt
         raise AdapterError(f"projector: {exc}") from exc
     load_lora(bb, ckpt, lora_alpha)
     return speech, tokenizer, features
+
+
+def _to(speech: SpeechModel, device: str, dtype: torch.dtype) -> SpeechModel:
+    """Move to ``device`` and cast the parameters (not the buffers: rotary ``inv_freq`` stays float32, as
+    ``from_pretrained`` keeps it; a bf16 ``inv_freq`` shifts RoPE angles at long positions)."""
+    speech.to(device)
+    with torch.no_grad():
+        for param in speech.parameters():
+            if param.is_floating_point() and param.dtype != dtype:
+                param.data = param.data.to(dtype)
+    return speech
 
 
 def resolve_device(device: str) -> str:
@@ -327,7 +339,8 @@ def _real_parts(backbone_id: str, whisper_id: str, device: str, dtype: torch.dty
     return whisper, backbone, tokenizer, features
 
 
-def _fetch(model: str, filename: str, token: str | None, gated: bool) -> Path:
+def _fetch(model: str, filename: str, token: str | None, gated: bool, download: bool = True) -> Path | None:
+    """The local file for ``model`` (a file, a folder holding ``filename``, or a hub id, downloaded)."""
     path = Path(model)
     if path.is_file():
         return path
@@ -337,6 +350,8 @@ def _fetch(model: str, filename: str, token: str | None, gated: bool) -> Path:
         return path / filename
     if model.startswith((".", "/")) or model.count("/") != 1:
         raise ModelLoadError(f"{model!r} is neither a local file/folder nor a hub id like 'owner/name'")
+    if not download:
+        return None
     from huggingface_hub import hf_hub_download
 
     try:

@@ -40,7 +40,7 @@ class Pipeline:
 
     def features(self, chunks: list[np.ndarray]) -> torch.Tensor:
         """Log-mel features of 16 kHz chunks, padded to the 30 s window: (B, n_mels, 3000)."""
-        out = self.feature_extractor(chunks, sampling_rate=A.SAMPLE_RATE, return_tensors="pt")
+        out = self.feature_extractor(chunks, sampling_rate=A.SAMPLE_RATE, return_tensors="pt", device=self.device)
         return out.input_features
 
     def transcribe(
