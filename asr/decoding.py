@@ -10,6 +10,7 @@ the entropy of every position. The record stays on the device and is copied to t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,34 @@ class DenoiseResult:
     trace: list[StepTrace] | None  # one per batch row, on the host
 
 
+StepFn = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+def eager_step(backbone, cache: Cache, prompt_length: int, batch_size: int) -> StepFn:
+    """The decoder forward over the prefilled prompt ``cache``: ``(canvas, self_conditioning) -> logits``."""
+    canvas_length = backbone.config.canvas_length
+    device = backbone.device
+    decoder_mask = torch.ones((batch_size, prompt_length + canvas_length), dtype=torch.bool, device=device)
+    positions = torch.arange(prompt_length, prompt_length + canvas_length, dtype=torch.int32, device=device)[None]
+    mask_mapping = backbone.model.decoder.create_diffusion_decoder_attention_mask(
+        config=backbone.config,
+        inputs_embeds=torch.empty((batch_size, canvas_length, 1), device=device),
+        past_key_values=cache,
+        decoder_attention_mask=decoder_mask,
+    )
+
+    def step(canvas: torch.Tensor, self_conditioning: torch.Tensor | None) -> torch.Tensor:
+        return backbone(
+            decoder_input_ids=canvas,
+            self_conditioning_logits=self_conditioning,
+            decoder_attention_mask=mask_mapping,
+            past_key_values=cache,
+            decoder_position_ids=positions,
+        ).logits
+
+    return step
+
+
 @torch.no_grad()
 def denoise(
     backbone,
@@ -59,11 +88,16 @@ def denoise(
     options: DenoiseOptions = DenoiseOptions(),
     generator: torch.Generator | None = None,
     record: bool = True,
+    step: StepFn | None = None,
 ) -> DenoiseResult:
-    """Denoise one canvas per batch row, attending to the prefilled prompt ``cache`` of ``prompt_length`` tokens."""
+    """Denoise one canvas per batch row, attending to the prefilled prompt ``cache`` of ``prompt_length`` tokens.
+
+    ``step`` runs the decoder (default :func:`eager_step`; :mod:`asr.fast` passes a CUDA-graph replay).
+    """
     config = backbone.config
     vocab, canvas_length = config.text_config.vocab_size, config.canvas_length
     device = backbone.device
+    step = step or eager_step(backbone, cache, prompt_length, batch_size)
     sampler = EntropyBoundSampler(
         EntropyBoundSamplerConfig(entropy_bound=options.entropy_bound), canvas_length, vocab, options.steps
     )
@@ -73,13 +107,7 @@ def denoise(
         if options.early_stop
         else None
     )
-    decoder_mask = torch.ones((batch_size, prompt_length + canvas_length), dtype=torch.bool, device=device)
-    positions = torch.arange(prompt_length, prompt_length + canvas_length, dtype=torch.int32, device=device)[None]
-
     canvas = torch.randint(0, vocab, (batch_size, canvas_length), device=device, generator=generator)
-    mask_mapping = backbone.model.decoder.create_diffusion_decoder_attention_mask(
-        config=config, inputs_embeds=canvas.unsqueeze(-1), past_key_values=cache, decoder_attention_mask=decoder_mask
-    )
     argmax = canvas
     self_conditioning = None
     finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
@@ -88,13 +116,7 @@ def denoise(
 
     steps_run = 0
     for remaining in range(options.steps, 0, -1):
-        logits = backbone(
-            decoder_input_ids=canvas,
-            self_conditioning_logits=self_conditioning,
-            decoder_attention_mask=mask_mapping,
-            past_key_values=cache,
-            decoder_position_ids=positions,
-        ).logits
+        logits = step(canvas, self_conditioning)
         scaled = temperature(None, logits, cur_step=remaining)
         probs = torch.softmax(scaled, dim=-1, dtype=torch.float32)
         sampled = torch.multinomial(probs.view(-1, vocab), 1, generator=generator).view(batch_size, canvas_length)

@@ -10,10 +10,10 @@ The first step has no self-conditioning: instead of a second graph, it runs the 
 ``self_conditioning_mask`` all False, which zeroes the self-conditioning signal exactly as passing ``None`` does
 (the logits buffer is finite, so ``x * 0`` is a signed zero and adds nothing).
 
-The loop around the step is :func:`asr.decoding.denoise`'s, copied, consuming random numbers in the same order:
-on the CPU (no graphs; the same static-buffer path runs eagerly) tests/test_fast.py checks that the result and the
-whole step record are identical to ``asr.decoding.denoise``. On a GPU, ``python -m asr.bench --check`` compares the
-graph path with the eager one on the real-size stack. Not yet used by :class:`asr.Pipeline`.
+The loop around the step is :func:`asr.decoding.denoise` itself (``step=`` the runner). On the CPU (no graphs; the
+same static-buffer path runs eagerly) tests/test_fast.py checks that the result and the whole step record are
+identical to the eager step's. On a GPU, ``python -m asr.bench --check`` compares the graph path with the eager one
+on the real-size stack. Not yet used by :class:`asr.Pipeline`.
 """
 
 from __future__ import annotations
@@ -22,14 +22,9 @@ import copy
 
 import torch
 from transformers.cache_utils import Cache
-from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
-    EntropyBoundSampler,
-    EntropyBoundSamplerConfig,
-    LinearTemperatureScheduleLogitsProcessor,
-    StableAndConfidentStoppingCriteria,
-)
 
-from .decoding import DenoiseOptions, DenoiseResult, _Recorder
+from . import decoding
+from .decoding import DenoiseOptions, DenoiseResult
 
 
 class StepRunner:
@@ -126,49 +121,5 @@ def denoise(
     use_graph: bool | None = None,
 ) -> DenoiseResult:
     """:func:`asr.decoding.denoise`, with each decoder step run by a :class:`StepRunner` (same results)."""
-    config = backbone.config
-    vocab, canvas_length = config.text_config.vocab_size, config.canvas_length
-    device = backbone.device
     runner = step_runner(backbone, cache, prompt_length, batch_size, use_graph)
-    sampler = EntropyBoundSampler(
-        EntropyBoundSamplerConfig(entropy_bound=options.entropy_bound), canvas_length, vocab, options.steps
-    )
-    temperature = LinearTemperatureScheduleLogitsProcessor(options.t_min, options.t_max, options.steps)
-    stopper = (
-        StableAndConfidentStoppingCriteria(options.stability_threshold, options.confidence_threshold)
-        if options.early_stop
-        else None
-    )
-    canvas = torch.randint(0, vocab, (batch_size, canvas_length), device=device, generator=generator)
-    argmax = canvas
-    self_conditioning = None
-    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
-    rec = _Recorder(options.steps, batch_size, canvas_length, device) if record else None
-    embed_dtype = backbone.model.decoder.embed_tokens.weight.dtype
-
-    steps_run = 0
-    for remaining in range(options.steps, 0, -1):
-        logits = runner(canvas, self_conditioning)
-        scaled = temperature(None, logits, cur_step=remaining)
-        probs = torch.softmax(scaled, dim=-1, dtype=torch.float32)
-        sampled = torch.multinomial(probs.view(-1, vocab), 1, generator=generator).view(batch_size, canvas_length)
-        new_argmax = scaled.argmax(dim=-1)
-        accepted_canvas = sampler.accept_canvas(canvas, sampled, scaled, remaining)
-        accepted = sampler.accepted_token_mask
-        noise = torch.randint(0, vocab, (batch_size, canvas_length), device=device, generator=generator)
-        new_canvas = torch.where(accepted, accepted_canvas, noise)
-        if rec is not None:
-            rec.put(steps_run, remaining / options.steps, options, canvas, sampled, new_argmax, accepted, probs, scaled)
-        if stopper is not None:
-            if finished.any():
-                new_argmax = torch.where(finished[:, None], argmax, new_argmax)
-                new_canvas = torch.where(finished[:, None], canvas, new_canvas)
-                scaled = torch.where(finished[:, None, None], self_conditioning, scaled)
-            finished |= stopper(new_argmax, scaled)
-        canvas, argmax = new_canvas, new_argmax
-        self_conditioning = scaled.to(embed_dtype)
-        steps_run += 1
-        if stopper is not None and bool(finished.all()):
-            break
-    trace = rec.to_host(steps_run) if rec is not None else None
-    return DenoiseResult(tokens=argmax, steps_run=steps_run, trace=trace)
+    return decoding.denoise(backbone, cache, prompt_length, batch_size, options, generator, record, step=runner)
