@@ -380,6 +380,7 @@ class Batch:
 
     canvas: torch.Tensor  # (B, C) clean canvas: ids, EOS, pad...
     canvas_weight: torch.Tensor  # (B, C) loss weight per position
+    canvas_text: torch.Tensor  # (B, C) True at the transcript's ids and its EOS
     ar_input: torch.Tensor  # (B, L) transcript ids, pad-padded
     ar_target: torch.Tensor  # (B, L + 1) ids then EOS, -100 where padded
     ctc_targets: torch.Tensor  # (sum of lengths,) concatenated ids
@@ -393,6 +394,7 @@ def make_batch(examples: list[Example], prompt: M.PromptFormat, canvas_length: i
     B = len(examples)
     canvas = torch.full((B, canvas_length), pad, dtype=torch.long)
     weight = torch.full((B, canvas_length), float(pad_weight))
+    text = torch.zeros((B, canvas_length), dtype=torch.bool)
     longest = max(len(e.ids) for e in examples)
     ar_input = torch.full((B, longest), pad, dtype=torch.long)
     ar_target = torch.full((B, longest + 1), -100, dtype=torch.long)
@@ -401,6 +403,7 @@ def make_batch(examples: list[Example], prompt: M.PromptFormat, canvas_length: i
         canvas[i, :n] = torch.tensor(e.ids)
         canvas[i, n] = eos
         weight[i, : n + 1] = 1.0
+        text[i, : n + 1] = True
         ar_input[i, :n] = torch.tensor(e.ids)
         ar_target[i, :n] = torch.tensor(e.ids)
         ar_target[i, n] = eos
@@ -408,6 +411,7 @@ def make_batch(examples: list[Example], prompt: M.PromptFormat, canvas_length: i
     return Batch(
         canvas=canvas,
         canvas_weight=weight,
+        canvas_text=text,
         ar_input=ar_input,
         ar_target=ar_target,
         ctc_targets=torch.tensor([t for e in examples for t in e.ids], dtype=torch.long),
@@ -447,7 +451,8 @@ def compute_losses(
     cfg: TrainConfig,
     generator: torch.Generator,
 ) -> dict[str, torch.Tensor]:
-    """The three losses (and the weighted ``total``) of one batch of whisper outputs ``frames`` (B, T, d)."""
+    """The three losses, their weighted ``total``, and ``diffusion_text`` (the denoising loss at the transcript's
+    positions only, a detached metric) of one batch of whisper outputs ``frames`` (B, T, d)."""
     backbone = speech.backbone
     device = next(backbone.parameters()).device
     vocab = backbone.config.text_config.vocab_size
@@ -500,6 +505,7 @@ def compute_losses(
         per_token = F.cross_entropy(logits.float().reshape(-1, vocab), canvas.reshape(-1), reduction="none")
         weight = batch.canvas_weight.to(device).reshape(-1)
         diffusion = (per_token * weight).sum() / weight.sum()
+        diffusion_text = per_token.detach()[batch.canvas_text.to(device).reshape(-1)].mean()  # a metric only
 
         # (b) autoregressive auxiliary: continue the prompt cache with the transcript (teacher forcing)
         last_prompt = capture.outputs[0][:, -1:]
@@ -527,7 +533,7 @@ def compute_losses(
         zero_infinity=True,
     )
     total = cfg.w_diffusion * diffusion + cfg.w_ar * ar + cfg.w_ctc * ctc
-    return {"total": total, "diffusion": diffusion, "ar": ar, "ctc": ctc}
+    return {"total": total, "diffusion": diffusion, "ar": ar, "ctc": ctc, "diffusion_text": diffusion_text}
 
 
 # --- checkpoints and export -------------------------------------------------------------------------------------------

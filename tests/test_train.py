@@ -69,7 +69,7 @@ def test_batch_targets_match_inference_canvas(manifest, tmp_path):
 def test_losses_finite_and_reach_trainable_parameters(manifest, tmp_path):
     cfg, speech, params, frames, batch = _setup(manifest, tmp_path, self_conditioning=1.0)
     losses = T.compute_losses(speech, frames, batch, cfg, torch.Generator().manual_seed(0))
-    assert set(losses) == {"total", "diffusion", "ar", "ctc"}
+    assert set(losses) == {"total", "diffusion", "ar", "ctc", "diffusion_text"}
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
     losses["total"].backward()
     assert all(p.grad is not None for n, p in params.items() if n.startswith("projector."))
