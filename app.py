@@ -31,7 +31,6 @@ import numpy as np
 
 import asr
 from asr import audio as A
-from asr.decoding import trim_tokens
 from spaces.config import Config as _SpacesConfig
 
 HERE = Path(__file__).resolve().parent
@@ -346,10 +345,8 @@ def transcript_dict(transcript: asr.Transcript, steps: bool, pipe: asr.Pipeline 
     for seg, seg_out in zip(transcript.segments, out["segments"], strict=True):
         seg_out["steps_run"] = len(seg.steps) if seg.steps is not None else None
         if steps and seg.steps is not None and pipe is not None:
-            prompt = pipe.model.prompt
             for step in seg_out.get("steps", []):
-                draft = trim_tokens(step["argmax"], prompt.eos_ids, prompt.pad_id)
-                step["draft_text"] = pipe.tokenizer.decode(draft, skip_special_tokens=True).strip()
+                step["draft_text"] = pipe.decode(step["argmax"])
             for name in ("canvas", "sampled", "argmax"):
                 ids.update(int(i) for i in np.unique(getattr(seg.steps, name)))
     if steps and pipe is not None:

@@ -108,10 +108,17 @@ class Pipeline:
         segments = []
         for i, span in enumerate(spans):
             tokens = trim_tokens(result.tokens[i].tolist(), prompt.eos_ids, prompt.pad_id)
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
             trace = result.trace[i] if result.trace is not None else None
-            segments.append(Segment(start=span.start, end=span.end, text=text, tokens=tokens, steps=trace))
+            segments.append(
+                Segment(start=span.start, end=span.end, text=self.decode(tokens), tokens=tokens, steps=trace)
+            )
         return segments
+
+    def decode(self, canvas: list[int]) -> str:
+        """The text of a canvas: tokens up to the first end-of-sequence id, without padding or special tokens."""
+        prompt = self.model.prompt
+        tokens = trim_tokens(list(canvas), prompt.eos_ids, prompt.pad_id)
+        return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
     def token_strings(self, ids: list[int]) -> list[str]:
         """Readable text of each token id (for the visualiser): special tokens by name, bytes decoded."""
