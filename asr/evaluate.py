@@ -3,7 +3,8 @@
     python -m asr.evaluate --manifest test.tsv [--model ID] [--steps 8,16] [--seed 0] [--language en]
 
 A manifest is a TSV of ``audio_path<TAB>reference text`` lines (paths relative to the manifest; blank lines and
-lines starting with ``#`` are skipped) or a JSONL file (``.jsonl``/``.json``) of objects with ``audio`` and ``text``.
+lines starting with ``#`` are skipped; an optional header line names the columns, further columns are ignored)
+or a JSONL file (``.jsonl``/``.json``) of objects with ``audio`` and ``text``.
 Texts are normalised with Whisper's normalisers (English: ``EnglishTextNormalizer``; other languages:
 ``BasicTextNormalizer``) and counted with jiwer over the whole corpus. RTFx is audio seconds / processing seconds
 (file -> text, everything included) after one untimed warm-up utterance. The last line printed is
@@ -29,6 +30,10 @@ class Utterance:
     text: str
 
 
+HEADER_AUDIO = ("audio", "audio_path", "audio_filepath", "path", "file", "filename", "wav")
+HEADER_TEXT = ("text", "transcript", "transcription", "reference", "sentence")
+
+
 class ManifestError(ValueError):
     """The manifest cannot be read (missing file, bad line, missing fields)."""
 
@@ -36,7 +41,9 @@ class ManifestError(ValueError):
 def read_manifest(path: str | Path, check_files: bool = True) -> list[Utterance]:
     """Read a TSV (``audio<TAB>text``) or JSONL (``{"audio": ..., "text": ...}``) manifest.
 
-    Relative audio paths are resolved against the manifest's folder. Raises :class:`ManifestError`.
+    Relative audio paths are resolved against the manifest's folder. A TSV may start with a header line (first column
+    ``audio``/``path``/``file``...; the text column is the one named ``text``/``transcript``..., else the second);
+    columns after the text are ignored. Raises :class:`ManifestError`.
     """
     path = Path(path)
     if not path.is_file():
@@ -44,6 +51,8 @@ def read_manifest(path: str | Path, check_files: bool = True) -> list[Utterance]
     base = path.parent
     items: list[Utterance] = []
     jsonl = path.suffix.lower() in (".jsonl", ".json", ".ndjson")
+    audio_col, text_col = 0, 1
+    first = True
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
@@ -54,17 +63,18 @@ def read_manifest(path: str | Path, check_files: bool = True) -> list[Utterance]
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise ManifestError(f"{path}:{number}: expected a JSON object with 'audio' and 'text' ({exc})") from exc
         else:
-            if "\t" not in line:
+            cols = line.split("\t")
+            if first and cols[0].strip().lower() in HEADER_AUDIO and not (base / cols[0]).exists():
+                names = [c.strip().lower() for c in cols]
+                audio_col = 0
+                text_col = next((i for i, n in enumerate(names) if n in HEADER_TEXT), 1)
+                first = False
+                continue  # a header line
+            if len(cols) <= max(audio_col, text_col):
                 raise ManifestError(f"{path}:{number}: expected 'audio_path<TAB>text'")
-            audio, text = line.split("\t", 1)
+            audio, text = cols[audio_col], cols[text_col]
+        first = False
         audio_path = Path(audio) if Path(audio).is_absolute() else base / audio
-        if (
-            number == 1
-            and not jsonl
-            and audio.strip().lower() in ("audio", "audio_path", "path")
-            and not audio_path.exists()
-        ):
-            continue  # a header line
         if check_files and not audio_path.is_file():
             raise ManifestError(f"{path}:{number}: no such audio file {audio_path}")
         items.append(Utterance(audio_path, str(text).strip()))

@@ -67,10 +67,14 @@ def test_read_manifest_tsv_and_jsonl(tmp_path):
     rows = [{"audio": "a.flac", "text": "one"}, {"audio": str(tmp_path / "sub/b.flac"), "text": "two"}]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     assert [u.text for u in E.read_manifest(tmp_path / "m.jsonl")] == ["one", "two"]
+    (tmp_path / "cols.tsv").write_text(
+        "file\tvoice\ttext\tseconds\na.flac\ten-us\tHello there.\t1.5\n", encoding="utf-8"
+    )
+    assert [(u.audio.name, u.text) for u in E.read_manifest(tmp_path / "cols.tsv")] == [("a.flac", "Hello there.")]
     (tmp_path / "bad.tsv").write_text("missing.flac\tx\n", encoding="utf-8")
     with pytest.raises(E.ManifestError, match="no such audio"):
         E.read_manifest(tmp_path / "bad.tsv")
-    (tmp_path / "bad2.tsv").write_text("no tab here\n", encoding="utf-8")
+    (tmp_path / "bad2.tsv").write_text("a.flac\tone\nno tab here\n", encoding="utf-8")
     with pytest.raises(E.ManifestError, match="TAB"):
         E.read_manifest(tmp_path / "bad2.tsv")
 
