@@ -236,17 +236,6 @@ def format_table(result: StepsResult, base: Path | None = None, width: int = 60)
     return "\n".join(lines)
 
 
-def load_exported_pipeline(folder: str | Path, device: str = "auto"):
-    """A :class:`asr.Pipeline` of a model folder exported by ``asr.train`` (``--train all``)."""
-    from .loading import resolve_device
-    from .pipeline import Pipeline
-    from .train import load_exported
-
-    device = resolve_device(device)
-    speech, tokenizer, features = load_exported(folder, device)
-    return Pipeline(speech, tokenizer, features, name=f"{folder} (small model)", device=device)
-
-
 def parse_steps(text: str) -> list[int]:
     """``"8,16"`` -> ``[8, 16]`` (each at least 1)."""
     try:
@@ -293,10 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         utterances = utterances[: args.limit]
     try:
         started = time.perf_counter()
-        if (Path(args.model) / "speech.json").is_file():  # a small model exported by asr.train
-            pipe = load_exported_pipeline(args.model, args.device)
-        else:
-            pipe = load(args.model, device=args.device)
+        pipe = load(args.model, device=args.device)  # hub id, adapter, small-model folder, mini, tiny-random
         load_s = time.perf_counter() - started
     except ModelLoadError as exc:
         print(f"error: cannot load {args.model}: {exc}", file=sys.stderr)

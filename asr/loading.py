@@ -76,6 +76,8 @@ def load(
         if key not in _cache:
             speech, tokenizer, features = build(model, device, dtype, backbone, whisper, canvas_length, lora_alpha)
             label = model
+            if model == "mini" or (Path(model) / SMALL_MODEL_INFO).is_file():
+                label += " (small model trained by this project)"
             if "tiny-random" in (model, backbone):
                 label += " (random weights: output is noise, for tests only)"
             speech = _to(speech, device, dtype).eval()
@@ -197,15 +199,10 @@ def load_small_model(folder: Path, canvas_length: int | None = None):
         raise ModelLoadError(f"{folder} holds no {SMALL_MODEL_INFO}")
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
-        whisper_dir = _find_whisper(info["whisper"], folder)
-        whisper = WhisperEncoder.from_pretrained(whisper_dir, dtype=torch.float32)
-        if (whisper_dir / "preprocessor_config.json").is_file():
-            features = WhisperFeatureExtractor.from_pretrained(whisper_dir)
-        else:
-            features = WhisperFeatureExtractor(feature_size=whisper.config.num_mel_bins)
+        whisper, features = load_whisper(info["whisper"], folder, seed=int(info.get("train", {}).get("seed", 0)))
         backbone = DiffusionGemmaForBlockDiffusion.from_pretrained(folder / "backbone", dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-        projector = adapter_projector({"projector": load_file(folder / "projector.safetensors")})
+        projector = adapter_projector({"projector": load_file(folder / "projector.safetensors")}).float()
         prompt = M.PromptFormat(**info["prompt"])
     except (OSError, KeyError, ValueError) as exc:
         raise ModelLoadError(f"the small model in {folder} is incomplete or unreadable: {exc}") from exc
@@ -217,11 +214,32 @@ def load_small_model(folder: Path, canvas_length: int | None = None):
     return speech, tokenizer, features
 
 
-def _find_whisper(name: str, folder: Path) -> Path:
-    for candidate in (folder / name, Path(name), Path(__file__).parent / "mini" / Path(name).name):
-        if (candidate / "config.json").is_file():
-            return candidate
-    raise ModelLoadError(f"the whisper encoder {name!r} named in {folder / SMALL_MODEL_INFO} was not found")
+def load_whisper(
+    spec: str, folder: Path | None = None, seed: int = 0
+) -> tuple[WhisperEncoder, WhisperFeatureExtractor]:
+    """A whisper encoder and its feature extractor: ``tiny-random`` (the tests' one-layer encoder) or an exported
+    folder (``config.json`` + ``model.safetensors``), looked up as given, beside ``folder``, then in ``asr/mini``."""
+    if spec == "tiny-random":
+        state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            return WhisperEncoder(M.tiny_whisper_config()).eval(), WhisperFeatureExtractor(feature_size=80)
+        finally:
+            torch.random.set_rng_state(state)
+    candidates = [Path(spec), Path(__file__).parent / "mini" / Path(spec).name]
+    if folder is not None:
+        candidates.insert(0, folder / spec)
+    path = next((c for c in candidates if (c / "config.json").is_file()), None)
+    if path is None:
+        raise ModelLoadError(
+            f"the whisper encoder {spec!r} was not found (looked in {', '.join(map(str, candidates))})"
+        )
+    encoder = WhisperEncoder.from_pretrained(path, dtype=torch.float32).eval()
+    if (path / "preprocessor_config.json").is_file():
+        features = WhisperFeatureExtractor.from_pretrained(path)
+    else:
+        features = WhisperFeatureExtractor(feature_size=encoder.config.num_mel_bins)
+    return encoder, features
 
 
 # --- adapter checkpoint --------------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from torch import nn
 
 from . import model as M
 from .evaluate import Utterance, read_manifest
+from .loading import load_whisper
 from .model import Projector, SpeechModel
 
 MODES = ("projector+lora", "all")
@@ -156,36 +157,6 @@ def small_backbone_config(
     )  # fmt: skip
 
 
-def load_whisper(spec: str, seed: int = 0):
-    """``(WhisperEncoder, WhisperFeatureExtractor)`` from an exported folder (config.json + model.safetensors) or
-    ``tiny-random`` (the tests' one-layer encoder)."""
-    from transformers import WhisperFeatureExtractor
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
-    if spec == "tiny-random":
-        state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        try:
-            return WhisperEncoder(M.tiny_whisper_config()).eval(), WhisperFeatureExtractor(feature_size=80)
-        finally:
-            torch.random.set_rng_state(state)
-    path = Path(spec)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not an exported whisper encoder folder (no config.json)")
-    try:
-        from .whisper_ct2 import load_whisper_encoder
-
-        encoder = load_whisper_encoder(path)
-    except ImportError:
-        encoder = WhisperEncoder.from_pretrained(path, dtype=torch.float32).eval()
-    encoder = encoder.float()
-    if (path / "preprocessor_config.json").is_file():
-        features = WhisperFeatureExtractor.from_pretrained(path)
-    else:
-        features = WhisperFeatureExtractor(feature_size=encoder.config.num_mel_bins)
-    return encoder, features
-
-
 def load_tokenizer(spec: str, vocab_size: int = 512):
     """The byte tokenizer (``byte``) or a saved tokenizer folder."""
     from .loading import byte_tokenizer
@@ -201,7 +172,7 @@ def build_small(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
     """Pretrained (frozen) whisper encoder + new projector + new small DiffusionGemma + tokenizer."""
     from transformers import DiffusionGemmaForBlockDiffusion
 
-    whisper, features = load_whisper(cfg.whisper, cfg.seed)
+    whisper, features = load_whisper(cfg.whisper, seed=cfg.seed)
     tokenizer = load_tokenizer(cfg.tokenizer)
     vocab = len(tokenizer)
     vocab += (-vocab) % 64  # room for the (unused) image marker ids, and a friendlier matrix size
@@ -613,23 +584,10 @@ def _relative_to(path: str, folder: Path) -> str:
 
 def load_exported(folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """``(SpeechModel, tokenizer, feature extractor)`` from a folder written by :func:`export_model`."""
-    from safetensors.torch import load_file
-    from transformers import AutoTokenizer, DiffusionGemmaForBlockDiffusion
+    from .loading import load_small_model
 
-    folder = Path(folder)
-    info = json.loads((folder / "speech.json").read_text(encoding="utf-8"))
-    backbone = DiffusionGemmaForBlockDiffusion.from_pretrained(folder / "backbone", dtype=dtype)
-    backbone.config.canvas_length = int(info["canvas_length"])
-    whisper_spec = info["whisper"]
-    if whisper_spec != "tiny-random" and not Path(whisper_spec).is_absolute():
-        whisper_spec = str((folder / whisper_spec).resolve())
-    seed = int(info.get("train", {}).get("seed", 0))
-    whisper, features = load_whisper(whisper_spec, seed)
-    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-    projector = Projector([M.LayerSpec(**spec) for spec in info["projector_layout"]])
-    projector.load_state_dict({k: v.float() for k, v in load_file(folder / "projector.safetensors").items()})
-    speech = SpeechModel(whisper.to(dtype), projector.to(dtype), backbone, M.PromptFormat(**info["prompt"]))
-    return speech.to(device).eval(), tokenizer, features
+    speech, tokenizer, features = load_small_model(Path(folder))
+    return speech.to(device=device, dtype=dtype).eval(), tokenizer, features
 
 
 def export(speech: SpeechModel, tokenizer, cfg: TrainConfig, out: Path) -> Path:

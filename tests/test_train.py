@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import asr
 from asr import train as T
 
 SR = 16_000
@@ -165,9 +166,7 @@ def test_train_all_updates_backbone_not_whisper(manifest, tmp_path):
         assert torch.allclose(params[name], tensor, rtol=1e-2, atol=1e-3), name
     assert loaded.prompt == speech.prompt and tokenizer.decode(tokenizer.encode("hi", add_special_tokens=False)) == "hi"
 
-    from asr.evaluate import load_exported_pipeline
-
-    pipe = load_exported_pipeline(folder, "cpu")
+    pipe = asr.load(str(folder), device="cpu")
     assert "small model" in pipe.name and isinstance(
         pipe.transcribe(str(manifest.parent / "c1.flac"), steps=2).text, str
     )
