@@ -741,6 +741,13 @@ def _examples() -> tuple[list[list], list[str]]:
     return rows, labels
 
 
+def _example_picker(examples: list[list], labels: list[str], audio: gr.Audio, **kw) -> gr.Examples:
+    """Example clips that fill ``audio`` when clicked (not cached: the visitor presses the button)."""
+    return gr.Examples(
+        examples, inputs=[audio], example_labels=labels, cache_examples=False, api_visibility="private", **kw
+    )
+
+
 def _checked_by_validator(component):
     """Leave the range check of ``component`` to the event's validator.
 
@@ -868,14 +875,7 @@ def build_demo(state: ModelState, max_audio_seconds: float = MAX_AUDIO_SECONDS) 
                         seed = _seed_box(elem_id=f"{source}-seed")
                     button = gr.Button("Transcribe", variant="primary", elem_id=f"{source}-button")
                     if examples and source == "upload":
-                        gr.Examples(
-                            examples,
-                            inputs=[audio],
-                            example_labels=labels,
-                            label="Examples (generated with espeak-ng; CC0)",
-                            cache_examples=False,
-                            api_visibility="private",
-                        )
+                        _example_picker(examples, labels, audio, label="Examples (generated with espeak-ng; CC0)")
                 with gr.Column(scale=6):
                     text = gr.Textbox(
                         label="Transcript",
@@ -967,13 +967,7 @@ def build_demo(state: ModelState, max_audio_seconds: float = MAX_AUDIO_SECONDS) 
                         c_seed = _seed_box(elem_id="steps-seed")
                         c_button = gr.Button("Compare step counts", variant="primary", elem_id="steps-button")
                 if examples:
-                    gr.Examples(
-                        examples,
-                        inputs=[c_audio],
-                        example_labels=labels,
-                        cache_examples=False,
-                        api_visibility="private",
-                    )
+                    _example_picker(examples, labels, c_audio)
                 c_cards = gr.HTML(compare_cards(None), elem_id="steps-cards", padding=False)
                 c_result = gr.JSON(visible=False, label="comparison")
                 c_event = c_button.click(
@@ -1009,13 +1003,7 @@ def build_demo(state: ModelState, max_audio_seconds: float = MAX_AUDIO_SECONDS) 
                         v_seed = _seed_box(elem_id="vis-seed")
                         v_button = gr.Button("Denoise & visualise", variant="primary", elem_id="vis-button")
                 if examples:
-                    gr.Examples(
-                        examples,
-                        inputs=[v_audio],
-                        example_labels=labels,
-                        cache_examples=False,
-                        api_visibility="private",
-                    )
+                    _example_picker(examples, labels, v_audio)
                 v_text = gr.Textbox(
                     label="Transcript", lines=2, interactive=False, elem_id="vis-text", buttons=["copy"]
                 )

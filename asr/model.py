@@ -360,12 +360,22 @@ def tiny_backbone_config(vocab_size: int = 512, hidden: int = 64, canvas_length:
         head_dim=16, global_head_dim=32, num_global_key_value_heads=1, num_experts=4, top_k_experts=2,
         moe_intermediate_size=32, sliding_window=16, pad_token_id=0, eos_token_id=1, bos_token_id=2,
     )  # fmt: skip
-    vision = dict(
-        model_type="gemma4_vision", hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, head_dim=16, patch_size=4, pooling_kernel_size=2, position_embedding_size=64,
-    )  # fmt: skip
+    return small_config(text, canvas_length)
+
+
+# A vision tower is always built; for audio-only models it is the smallest that instantiates (unused).
+TINY_VISION = dict(
+    model_type="gemma4_vision", hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+    num_key_value_heads=2, head_dim=16, patch_size=4, pooling_kernel_size=2, position_embedding_size=64,
+)  # fmt: skip
+
+
+def small_config(text: dict, canvas_length: int) -> DiffusionGemmaConfig:
+    """A DiffusionGemma config for the text settings ``text``, a minimal (unused) vision tower and the image marker
+    ids at the top of the vocabulary, out of the audio and text ids' way."""
+    vocab_size = text["vocab_size"]
     return DiffusionGemmaConfig(
-        text_config=text, vision_config=vision, canvas_length=canvas_length,
+        text_config=text, vision_config=TINY_VISION, canvas_length=canvas_length,
         image_token_id=vocab_size - 12, boi_token_id=vocab_size - 11, eoi_token_id=vocab_size - 10,
     )  # fmt: skip
 

@@ -134,8 +134,6 @@ def small_backbone_config(
     bos_id: int = 2,
 ):
     """A small DiffusionGemma (real classes: MoE blocks, sliding + full attention, the last layer full)."""
-    from transformers import DiffusionGemmaConfig
-
     head_dim = hidden // heads
     layer_types = [
         "full_attention" if (i + 1) % 3 == 0 or i == layers - 1 else "sliding_attention" for i in range(layers)
@@ -147,14 +145,7 @@ def small_backbone_config(
         top_k_experts=min(2, experts), moe_intermediate_size=hidden, sliding_window=sliding_window,
         pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=bos_id, vocab_size_per_layer_input=vocab_size,
     )  # fmt: skip
-    vision = dict(
-        model_type="gemma4_vision", hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, head_dim=16, patch_size=4, pooling_kernel_size=2, position_embedding_size=64,
-    )  # fmt: skip
-    return DiffusionGemmaConfig(
-        text_config=text, vision_config=vision, canvas_length=canvas_length,
-        image_token_id=vocab_size - 12, boi_token_id=vocab_size - 11, eoi_token_id=vocab_size - 10,
-    )  # fmt: skip
+    return M.small_config(text, canvas_length)
 
 
 def load_tokenizer(spec: str, vocab_size: int = 512):
