@@ -625,8 +625,20 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
     if resume and ckpt_path.is_file():
         state = read_checkpoint(ckpt_path)
         saved = TrainConfig(**state["config"])
-        keep = {"steps", "save_every", "log_every", "threads", "eval_every", "eval_count", "eval_manifest", "device"}
-        cfg = dataclasses.replace(saved, **{k: getattr(cfg, k) for k in keep})
+        # these may change on resume; the rest comes from the checkpoint (so do these, unless given a new value)
+        keep = {
+            "save_every",
+            "log_every",
+            "threads",
+            "eval_every",
+            "eval_count",
+            "eval_manifest",
+            "eval_steps",
+            "device",
+        }
+        default = TrainConfig()
+        changed = {k: getattr(cfg, k) for k in keep if getattr(cfg, k) != getattr(default, k)}
+        cfg = dataclasses.replace(saved, steps=cfg.steps, **changed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
