@@ -95,7 +95,7 @@ def build(model, device, dtype, backbone=BACKBONE, whisper=WHISPER, canvas_lengt
     if backbone == "tiny-random":
         whisper_enc, bb, tokenizer, features = _tiny_parts(seed=0, canvas_length=canvas_length or 16)
     else:
-        whisper_enc, bb, tokenizer, features = _real_parts(backbone, whisper, device, dtype)
+        whisper_enc, bb, tokenizer, features = real_parts(backbone, whisper, device, dtype)
         bb.config.canvas_length = canvas_length or int(ckpt.get("canvas_length", DEFAULT_CANVAS))
     eos = bb.generation_config.eos_token_id or bb.config.text_config.eos_token_id
     prompt_text = {"prefix": ckpt["prompt"][0], "suffix": ckpt["prompt"][1]} if "prompt" in ckpt else {}
@@ -332,7 +332,7 @@ def save_adapter(speech: SpeechModel, path: str | os.PathLike, **extra) -> None:
 # --- the real model ------------------------------------------------------------------------------------------------
 
 
-def _real_parts(backbone_id: str, whisper_id: str, device: str, dtype: torch.dtype):
+def real_parts(backbone_id: str, whisper_id: str, device: str, dtype: torch.dtype):
     """The real backbone, whisper encoder, tokenizer and feature extractor from the hub (or its cache)."""
     from transformers import AutoTokenizer, WhisperModel
 

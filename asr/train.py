@@ -197,7 +197,7 @@ def build_model(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
     elif cfg.model == "small":
         speech, tokenizer, features = build_small(cfg)
     elif cfg.model == "new-adapter":
-        whisper, backbone, tokenizer, features = loading._real_parts(cfg.backbone, cfg.whisper_id, cfg.device, dtype)
+        whisper, backbone, tokenizer, features = loading.real_parts(cfg.backbone, cfg.whisper_id, cfg.device, dtype)
         backbone.config.canvas_length = cfg.canvas_length or loading.DEFAULT_CANVAS
         eos = backbone.generation_config.eos_token_id or backbone.config.text_config.eos_token_id
         prompt = M.prompt_format_from_tokenizer(tokenizer, eos_ids=eos if isinstance(eos, list) else [eos])
