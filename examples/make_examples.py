@@ -21,7 +21,12 @@ RATE = 16_000
 CLIPS = [
     ("quick_brown_fox.flac", "en-us", 150, "The quick brown fox jumps over the lazy dog."),
     ("diffusion_steps.wav", "en-gb", 155, "Diffusion models refine the whole sentence at once, one step at a time."),
-    ("weather_report.ogg", "en-us+f3", 150, "Tomorrow will be cloudy in the morning, with light rain in the afternoon."),
+    (
+        "weather_report.ogg",
+        "en-us+f3",
+        150,
+        "Tomorrow will be cloudy in the morning, with light rain in the afternoon.",
+    ),
     ("meeting_time.flac", "en-gb-x-rp", 145, "The meeting starts at half past nine on Tuesday, in room twelve."),
 ]
 
