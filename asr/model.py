@@ -271,11 +271,6 @@ class SpeechModel(nn.Module):
         )
         return cache
 
-    def encode(self, features: torch.Tensor) -> tuple[DynamicCache, int]:
-        """Features -> prefilled KV cache of the whole prompt, and the prompt length."""
-        embeds = self.prompt_embeddings(self.embed_audio(features))
-        return self.prefill(embeds), embeds.shape[1]
-
 
 # --- LoRA ---------------------------------------------------------------------------------------------------------
 

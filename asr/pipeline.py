@@ -104,20 +104,24 @@ class Pipeline:
                     self.model.backbone, cache, embeds.shape[1], len(spans), options, generator, record=record_steps
                 ),
             )
-        prompt = self.model.prompt
         segments = []
         for i, span in enumerate(spans):
-            tokens = trim_tokens(result.tokens[i].tolist(), prompt.eos_ids, prompt.pad_id)
+            tokens = self._content(result.tokens[i].tolist())
             trace = result.trace[i] if result.trace is not None else None
             segments.append(
-                Segment(start=span.start, end=span.end, text=self.decode(tokens), tokens=tokens, steps=trace)
+                Segment(start=span.start, end=span.end, text=self._text(tokens), tokens=tokens, steps=trace)
             )
         return segments
 
     def decode(self, canvas: list[int]) -> str:
         """The text of a canvas: tokens up to the first end-of-sequence id, without padding or special tokens."""
+        return self._text(self._content(canvas))
+
+    def _content(self, canvas: list[int]) -> list[int]:
         prompt = self.model.prompt
-        tokens = trim_tokens(list(canvas), prompt.eos_ids, prompt.pad_id)
+        return trim_tokens(list(canvas), prompt.eos_ids, prompt.pad_id)
+
+    def _text(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
     def token_strings(self, ids: list[int]) -> list[str]:

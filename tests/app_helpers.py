@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import SR, speechlike  # noqa: F401 - re-exported for the app tests
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-SR = 16_000
 
 # app.py loads its model when imported: make that the tiny random stack, offline
 os.environ["ASR_MODEL"] = "tiny-random"
@@ -53,16 +53,6 @@ def gradio_temp_dir(path: Path):
             os.environ.pop("GRADIO_TEMP_DIR", None)
         else:
             os.environ["GRADIO_TEMP_DIR"] = old
-
-
-def speechlike(seconds: float, seed: int = 0, sr: int = SR) -> np.ndarray:
-    """Voiced-sounding noise (a buzz with syllable-rate amplitude), loud enough to count as speech."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sr)) / sr
-    f0 = 110 + 90 * rng.random()
-    buzz = np.sign(np.sin(2 * np.pi * f0 * t)) * 0.3 + 0.05 * rng.standard_normal(t.size)
-    syllables = 0.6 + 0.4 * np.sin(2 * np.pi * (3 + 2 * rng.random()) * t + rng.random() * 6) ** 2
-    return (buzz * syllables * 0.5).astype(np.float32)
 
 
 def write_audio(path: Path, samples: np.ndarray, sr: int = SR, subtype: str | None = None) -> Path:
