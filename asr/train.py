@@ -93,7 +93,8 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 200
     log_every: int = 1
-    cache_dir: str | None = None  # default OUT/frames
+    cache_dir: str | None = None  # default OUT/frames; "memory": on the training device, no files
+    time_budget: float | None = None  # seconds for the whole run: --steps is then set from the measured step time
     cache_dtype: str = "float16"
     device: str = "cpu"
     threads: int | None = None
@@ -299,13 +300,23 @@ class FrameCache:
 
     @torch.inference_mode()
     def encode(self, audios: list[Path]) -> torch.Tensor:
-        """Whisper outputs of a few clips, computed now: (B, frames, d_model) float32."""
+        """Whisper outputs of a few clips, computed now (log-mels on the encoder's device): (B, frames, d_model)
+        float32, on the encoder's device."""
         from . import audio as A
 
-        waves = [A.load_audio(a) for a in audios]
-        feats = self.features(waves, sampling_rate=A.SAMPLE_RATE, return_tensors="pt").input_features
         param = next(self.speech.whisper.parameters())
-        return self.speech.whisper(feats.to(param.device, param.dtype)).last_hidden_state.float().cpu()
+        waves = list(self._pool().map(A.load_audio, audios)) if len(audios) > 1 else [A.load_audio(audios[0])]
+        feats = self.features(
+            waves, sampling_rate=A.SAMPLE_RATE, return_tensors="pt", device=str(param.device)
+        ).input_features
+        return self.speech.whisper(feats.to(param.device, param.dtype)).last_hidden_state.float()
+
+    def _pool(self):
+        if getattr(self, "_threads", None) is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._threads = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))  # decoding frees the GIL
+        return self._threads
 
     def ensure(self, examples: list[Example], batch_size: int = 8, progress: bool = True) -> int:
         """Compute and store the outputs of every clip not cached yet; returns how many were computed."""
@@ -317,7 +328,7 @@ class FrameCache:
         bar = tqdm(total=len(todo), desc="whisper frames", unit="clip", disable=not progress, file=sys.stderr)
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
-            frames = self.encode([e.audio for e in chunk])
+            frames = self.encode([e.audio for e in chunk]).cpu()
             for e, f in zip(chunk, frames, strict=True):
                 path = self.path(e.audio)
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -334,6 +345,47 @@ class FrameCache:
         if missing:
             self.ensure(missing, progress=False)
         return torch.from_numpy(np.stack([np.load(self.path(e.audio)) for e in examples]).astype(np.float32))
+
+
+class MemoryFrameCache(FrameCache):
+    """The same outputs kept in one tensor on the encoder's device instead of files (``--cache-dir memory``): for a
+    GPU with room for every clip (frames x d_model float16 each: 1.15 MB per clip for whisper tiny.en)."""
+
+    def __init__(self, speech: SpeechModel, feature_extractor, dtype: str = "float16", batch_size: int = 128):
+        self.speech = speech
+        self.features = feature_extractor
+        self.dtype = getattr(torch, dtype)
+        self.batch_size = batch_size
+        self.rows: dict[Path, int] = {}
+        self.store: torch.Tensor | None = None
+
+    def ensure(self, examples: list[Example], batch_size: int | None = None, progress: bool = True) -> int:
+        todo = list(dict.fromkeys(e.audio for e in examples if e.audio not in self.rows))
+        if not todo:
+            return 0
+        from tqdm import tqdm
+
+        size = batch_size or self.batch_size
+        bar = tqdm(total=len(todo), desc="whisper frames", unit="clip", disable=not progress, file=sys.stderr)
+        for i in range(0, len(todo), size):
+            chunk = todo[i : i + size]
+            frames = self.encode(chunk).to(self.dtype)
+            if self.store is None:
+                capacity = len(todo)
+                self.store = torch.empty((capacity, *frames.shape[1:]), dtype=self.dtype, device=frames.device)
+            elif len(self.rows) + len(chunk) > len(self.store):
+                extra = torch.empty((len(todo), *self.store.shape[1:]), dtype=self.dtype, device=self.store.device)
+                self.store = torch.cat([self.store, extra])
+            start = len(self.rows)
+            self.store[start : start + len(chunk)] = frames
+            self.rows.update({a: start + j for j, a in enumerate(chunk)})
+            bar.update(len(chunk))
+        bar.close()
+        return len(todo)
+
+    def load(self, examples: list[Example]) -> torch.Tensor:
+        self.ensure(examples, progress=False)
+        return self.store[torch.tensor([self.rows[e.audio] for e in examples], device=self.store.device)].float()
 
 
 @dataclass
@@ -618,6 +670,7 @@ def _truncate_log(path: Path, step: int) -> None:
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunResult:
     """Run (or, with ``resume``, continue) training as ``cfg`` says; returns the last step and the losses logged."""
+    run_started = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT
@@ -635,12 +688,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
             "eval_manifest",
             "eval_steps",
             "device",
+            "time_budget",
         }
         default = TrainConfig()
         changed = {k: getattr(cfg, k) for k in keep if getattr(cfg, k) != getattr(default, k)}
         cfg = dataclasses.replace(saved, steps=cfg.steps, **changed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if str(cfg.device).startswith("cuda"):  # float32 training: TF32 tensor cores for matmuls and convolutions
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
     speech, tokenizer, features = build_model(cfg)
     speech.to(cfg.device)
@@ -649,7 +706,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
     examples, dropped = prepare_examples(utterances, tokenizer, speech.canvas_length, cfg.max_seconds)
     if not examples:
         raise SystemExit(f"no usable clips in {cfg.manifest} (all {dropped} too long for the canvas or the window)")
-    cache = FrameCache(cfg.cache_dir or out / "frames", speech, features, cfg.cache_dtype)
+    if cfg.cache_dir == "memory":
+        cache = MemoryFrameCache(speech, features, cfg.cache_dtype)
+    else:
+        cache = FrameCache(cfg.cache_dir or out / "frames", speech, features, cfg.cache_dtype)
     cache.ensure(examples, progress=progress)
 
     decay = [p for n, p in params.items() if p.ndim >= 2]
@@ -687,7 +747,18 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
     speech.train()
     speech.whisper.eval()
     started = time.perf_counter()
+    first_step, timed_from = step, None
     while step < cfg.steps:
+        if cfg.time_budget and step == first_step + 5:
+            timed_from = time.perf_counter()
+        elif cfg.time_budget and timed_from is not None and step == first_step + 25:  # fit --steps to the budget
+            per_step = (time.perf_counter() - timed_from) / 20
+            left = cfg.time_budget - (time.perf_counter() - run_started)
+            cfg = dataclasses.replace(cfg, steps=step + max(1, int(0.95 * left / per_step)))
+            bar.total = cfg.steps
+            bar.refresh()
+            if progress:
+                print(f"\n{per_step:.3f} s/step: training to step {cfg.steps} within the time budget", file=sys.stderr)
         lr = learning_rate(cfg, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -742,6 +813,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--train", default=None, choices=MODES, help="default: all for small, projector+lora otherwise")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (its settings win)")
+    p.add_argument("--time-budget", type=float, help="seconds for the whole run (model, frames, steps): --steps is "
+                   "set from the step time measured after 25 steps (the LR schedule follows it)")  # fmt: skip
     for name in ("batch_size", "lr", "warmup", "weight_decay", "grad_clip", "w_diffusion", "w_ar", "w_ctc",
                  "pad_weight", "self_conditioning", "lora_rank", "lora_alpha", "canvas_length", "seed",
                  "save_every", "log_every", "threads", "hidden", "layers", "heads", "experts", "projector_hidden",

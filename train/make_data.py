@@ -10,8 +10,9 @@ already exist, so an interrupted run can be resumed.
 Engines (all offline; install with ``apt-get install espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k
 festvox-us-slt-hts`` and ``pip install hibari-tts``); engines that are missing are skipped:
 
-- espeak-ng (GPL-3.0 program; the audio it makes is not restricted): 8 English accents x ~70 voice variants,
-  speed and pitch drawn per clip.
+- espeak-ng (GPL-3.0 program; the audio it makes is not restricted): 8 English accents x ~100 voice variants,
+  speed and pitch drawn per clip. The Debian program, or else the library bundled in the ``espeakng-loader`` wheel
+  (PyPI, used through ctypes), so that a machine without Debian's package can make espeak clips too.
 - flite (BSD-style CMU licence): voices kal, kal16, awb, rms, slt.
 - festival (X11-style licences: festival, festvox kal/ked diphones; slt HTS voice under EST/BSD terms).
 - hibari-tts (Apache-2.0; the one voice bundled in the wheel, ``heart``, distilled from Kokoro-82M, Apache-2.0).
@@ -19,6 +20,10 @@ festvox-us-slt-hts`` and ``pip install hibari-tts``); engines that are missing a
 Every clip then gets a random speed/pitch change (resampling by 0.88-1.12), optional reverberation (synthetic
 exponentially decaying room response, RT60 0.1-0.9 s), optional band-limiting, additive noise (white, pink,
 brown or mains hum, SNR 3-40 dB) and a random level.
+
+Planning and synthesis can run on different machines: ``--plan-out FILE`` writes the job list (texts, voices,
+seeds) here, where the text corpus is installed, and ``--jobs FILE --out DIR`` synthesises it anywhere (e.g. on
+16 cores of the GPU machine, with ``--engines espeak`` and the wheel).
 
 Held-out voices (never in train.tsv; test.tsv uses only them, on sentences not in training): the espeak-ng variants
 in ``HELD_OUT_ESPEAK_VARIANTS`` (with any accent) and the flite voice ``rms``.
@@ -204,14 +209,86 @@ def espeak_variants() -> list[str]:
 
 
 def _espeak_data_dirs() -> list[Path]:
-    return [Path("/usr/lib/x86_64-linux-gnu/espeak-ng-data"), Path("/usr/lib/aarch64-linux-gnu/espeak-ng-data"),
+    dirs = [Path("/usr/lib/x86_64-linux-gnu/espeak-ng-data"), Path("/usr/lib/aarch64-linux-gnu/espeak-ng-data"),
             Path("/usr/share/espeak-ng-data")]  # fmt: skip
+    try:
+        import espeakng_loader
+
+        dirs.append(Path(espeakng_loader.get_data_path()))
+    except (ImportError, RuntimeError):
+        pass
+    return dirs
+
+
+class EspeakLibrary:
+    """libespeak-ng through ctypes: the library and data of the ``espeakng-loader`` wheel, one per process.
+
+    Used where the ``espeak-ng`` program is not installed (or with ``MAKE_DATA_ESPEAK=library``); speaks with the same
+    voice, rate and pitch settings.
+    """
+
+    _instance: EspeakLibrary | None = None
+    RATE, PITCH = 1, 3  # espeak_PARAMETER
+    SYNCHRONOUS, CHARS_UTF8, POS_CHARACTER = 2, 1, 1
+
+    def __init__(self) -> None:
+        import ctypes
+
+        import espeakng_loader
+
+        self.ctypes = ctypes
+        self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        self.lib.espeak_Initialize.restype = ctypes.c_int
+        self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        self.rate = self.lib.espeak_Initialize(self.SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0)
+        if self.rate <= 0:
+            raise RuntimeError(f"espeak_Initialize failed ({self.rate})")
+        self.chunks: list[np.ndarray] = []
+        callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+        self._callback = callback_type(self._collect)  # kept referenced: the library holds the pointer
+        self.lib.espeak_SetSynthCallback(self._callback)
+        self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        self.lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
+                                          ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]  # fmt: skip
+
+    @classmethod
+    def get(cls) -> EspeakLibrary:
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+    def _collect(self, wav, count: int, _events) -> int:
+        if wav and count > 0:
+            self.chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
+        return 0
+
+    def speak(self, text: str, voice: str, rate: int, pitch: int) -> tuple[np.ndarray, int]:
+        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise ValueError(f"espeak voice {voice!r} not found")
+        self.lib.espeak_SetParameter(self.RATE, rate, 0)
+        self.lib.espeak_SetParameter(self.PITCH, pitch, 0)
+        self.chunks = []
+        data = text.encode("utf-8")
+        status = self.lib.espeak_Synth(data, len(data) + 1, 0, self.POS_CHARACTER, 0, self.CHARS_UTF8, None, None)
+        if status != 0:
+            raise RuntimeError(f"espeak_Synth failed ({status})")
+        self.lib.espeak_Synchronize()
+        audio = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
+        return audio.astype(np.float32) / 32768.0, self.rate
+
+
+def _have_espeak_library() -> bool:
+    try:
+        import espeakng_loader  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def available_engines() -> list[str]:
     """Engines installed on this machine."""
     engines = []
-    if shutil.which("espeak-ng"):
+    if shutil.which("espeak-ng") or _have_espeak_library():
         engines.append("espeak")
     if shutil.which("flite"):
         engines.append("flite")
@@ -279,6 +356,9 @@ def synthesize(text: str, voice: Voice, seed: int) -> tuple[np.ndarray, int]:
     """Speak ``text`` with ``voice``: (float32 samples, sample rate)."""
     with tempfile.TemporaryDirectory(prefix="tts-") as tmp:
         wav = Path(tmp) / "out.wav"
+        use_library = os.environ.get("MAKE_DATA_ESPEAK") == "library" or not shutil.which("espeak-ng")
+        if voice.engine == "espeak" and use_library:
+            return EspeakLibrary.get().speak(text, voice.name, int(175 * voice.speed), voice.pitch)
         if voice.engine == "espeak":
             cmd = ["espeak-ng", "-v", voice.name, "-s", str(int(175 * voice.speed)), "-p", str(voice.pitch),
                    "-w", str(wav), text]  # fmt: skip
@@ -474,20 +554,53 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict]:
     return jobs, info
 
 
+def write_jobs(path: Path, jobs: list[Job], info: dict) -> None:
+    """The plan as JSON lines: ``info`` first, then one job per line (gzip when the name ends in .gz)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wt", encoding="utf-8") as f:
+        f.write(json.dumps(info) + "\n")
+        for job in jobs:
+            f.write(json.dumps(asdict(job)) + "\n")
+
+
+def read_jobs(path: Path) -> tuple[list[Job], dict]:
+    """The jobs and info written by :func:`write_jobs`."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        info = json.loads(f.readline())
+        jobs = []
+        for line in f:
+            row = json.loads(line)
+            jobs.append(Job(**{**row, "voice": Voice(**row["voice"])}))
+    return jobs, info
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=Path, help="output folder")
     p.add_argument("--train", type=int, default=2000, help="training clips (default 2000)")
     p.add_argument("--test", type=int, default=200, help="test clips, held-out voices and sentences (default 200)")
-    p.add_argument("--workers", type=int, default=2, help="processes (at most 2; default 2)")
+    p.add_argument("--workers", type=int, default=2, help="processes (at most the CPU count; default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-words", type=int, default=45, help="words per utterance at most (default 45)")
     p.add_argument("--engines", default="espeak,flite,festival,hibari", help="comma-separated engines to use")
+    p.add_argument("--plan-out", type=Path, help="only write the job list (JSONL, .gz allowed) to this file")
+    p.add_argument("--jobs", type=Path, help="synthesise this job list (from --plan-out) instead of planning")
     args = p.parse_args(argv)
+    if args.out is None and not args.plan_out:
+        p.error("--out is required (unless --plan-out)")
     args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    args.workers = max(1, min(2, args.workers))
-    jobs, info = plan(args)
+    args.workers = max(1, min(os.cpu_count() or 1, args.workers))
+    if args.jobs:
+        jobs, info = read_jobs(args.jobs)
+    else:
+        jobs, info = plan(args)
+    if args.plan_out:
+        write_jobs(args.plan_out, jobs, info)
+        print(f"{len(jobs)} jobs written to {args.plan_out}", file=sys.stderr)
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"engines {info['engines']}; sentences {info['sentences']}; {len(jobs)} clips", file=sys.stderr)
     from tqdm import tqdm

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Train the small model on the GPU machine of the `device` tool, in the same call as the benchmark.
+#
+#   here, once:    bash bench/fetch_wheels.sh                          (wheels into the ignored .whl/)
+#                  python train/make_data.py --plan-out .data/jobs.jsonl.gz --train 40000 --test 0 \
+#                      --engines espeak --max-words 60                 (the job list: texts, voices, seeds)
+#                  .data/extra/{train.tsv,clips/*.opus}                (optional: clips of other engines, opus 12 kbit/s)
+#                  .data/tokenizer/                                    (train/make_tokenizer.py)
+#   device tool:   carry [".whl", ".data"], command:
+#                  bash train/gpu_train.sh install && (bash train/gpu_train.sh data &) && \
+#                  BENCH_BUDGET_S=230 taskset -c 0,1 bash bench/gpu_run.sh; DEADLINE=$((T0 + 560)) bash train/gpu_train.sh train
+#
+# Phases:
+#   install  the carried wheels into /tmp/site (skipped when they are there already)
+#   data     synthesise the job list with the espeak-ng library of the espeakng-loader wheel on all cores but two
+#            (the benchmark keeps cores 0-1), into /tmp/synth
+#   train    wait for the data, then `python -m asr.train --model small` with the frames in GPU memory and
+#            --time-budget up to $DEADLINE (epoch seconds); the exported model comes back as two tar files
+#            ($OUT/small-backbone.tar, $OUT/small-rest.tar: projector, speech.json, tokenizer, log, stdout)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/train-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site
+SYNTH=${SYNTH:-/tmp/synth}
+RUN=${RUN:-/tmp/runs/small-gpu}
+
+case "${1:-}" in
+install)
+    if python3 -c "import transformers, espeakng_loader; assert transformers.__version__ == '5.23.0'" 2>/dev/null; then
+        exit 0
+    fi
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    ;;
+data)
+    cores=$(nproc)
+    pin=()
+    if [ "$cores" -gt 4 ]; then pin=(taskset -c "2-$((cores - 1))"); fi
+    "${pin[@]}" python3 train/make_data.py --jobs "${JOBS:-.data/jobs.jsonl.gz}" --out "$SYNTH" \
+        --workers $((cores > 4 ? cores - 2 : cores)) >"$SYNTH.log" 2>&1
+    echo $? >"$SYNTH.rc"
+    ;;
+train)
+    while [ ! -f "$SYNTH.rc" ]; do sleep 2; done
+    echo "make_data exit status $(cat "$SYNTH.rc")"
+    tail -c 2000 "$SYNTH.log" | tr '\r' '\n' | tail -4
+    manifest=/tmp/train.tsv
+    awk -v d="$SYNTH/" -F'\t' '{print d $1 "\t" $2}' "$SYNTH/train.tsv" >"$manifest"
+    if [ -f .data/extra/train.tsv ]; then  # the other engines' voices, 4 times each (they are few)
+        for _ in 1 2 3 4; do awk -v d="$PWD/.data/extra/" -F'\t' '{print d $1 "\t" $2}' .data/extra/train.tsv; done >>"$manifest"
+    fi
+    echo "manifest: $(wc -l <"$manifest") rows"
+    budget=$((${DEADLINE:-$(($(date +%s) + 300))} - $(date +%s) - 15))
+    # shellcheck disable=SC2086  # TRAIN_ARGS is a list of extra options
+    python3 -m asr.train --manifest "$manifest" --out "$RUN" --model small --tokenizer .data/tokenizer \
+        --canvas-length 160 --device cuda --cache-dir memory --batch-size 128 --lr 1e-3 --warmup 100 \
+        --save-every 500 --log-every 10 --time-budget "$budget" --quiet ${TRAIN_ARGS:-} 2>&1 | tee "$RUN.stdout"
+    rc=${PIPESTATUS[0]}
+    tar -C "$RUN/model" -cf "$OUT/small-backbone.tar" backbone
+    cp "$RUN.stdout" "$RUN/model/train.stdout"
+    cp "$RUN/log.jsonl" "$RUN/model/log.jsonl"
+    tar -C "$RUN/model" -cf "$OUT/small-rest.tar" --exclude backbone .
+    echo "asr.train exit status $rc"
+    exit "$rc"
+    ;;
+*)
+    echo "usage: $0 install|data|train" >&2
+    exit 2
+    ;;
+esac
