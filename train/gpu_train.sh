@@ -35,7 +35,7 @@ install)
 data)
     cores=$(nproc)
     pin=()
-    if [ "$cores" -gt 4 ]; then pin=(taskset -c "2-$((cores - 1))"); fi
+    if [ "$cores" -gt 4 ] && command -v taskset >/dev/null; then pin=(taskset -c "2-$((cores - 1))"); fi
     "${pin[@]}" python3 train/make_data.py --jobs "${JOBS:-.data/jobs.jsonl.gz}" --out "$SYNTH" \
         --workers $((cores > 4 ? cores - 2 : cores)) >"$SYNTH.log" 2>&1
     echo $? >"$SYNTH.rc"
