@@ -431,10 +431,12 @@ class Bench:
             "size": stack.size,
             "dtype": stack.info.get("dtype"),
             "canvas": stack.model.canvas_length,
-            "commit": git_commit(),
+            "commit": os.environ.get("BENCH_COMMIT") or git_commit(),  # the device machine's .git can be stale
             "torch": torch.__version__,
             "transformers": _transformers_version(),
         }
+        if os.environ.get("BENCH_CONDITIONS"):  # e.g. other work sharing the machine during the run
+            self.base["conditions"] = os.environ["BENCH_CONDITIONS"]
         self.base["run"] = f"{self.base['date']}-{stack.size}-{'cuda' if self.device.startswith('cuda') else 'cpu'}"
         self._audio: dict[int, np.ndarray] = {}
 
@@ -870,6 +872,7 @@ def write_md(records: list[dict[str, Any]], path: Path) -> str:
             "",
             f"commit {head.get('commit')}, torch {head.get('torch')}, transformers {head.get('transformers')}, "
             f"{head.get('dtype')}, canvas {head.get('canvas')}",
+            *(["", f"Conditions: {head['conditions']}"] if head.get("conditions") else []),
             "",
             "| case | seconds | per 30 s segment | RTFx | steps (run) | batch | peak GB | note |",
             "| --- | ---: | ---: | ---: | --- | ---: | ---: | --- |",
