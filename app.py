@@ -92,6 +92,8 @@ def load_model(requested: str, fallback: str | None = FALLBACK_MODEL) -> ModelSt
         # asr.load refuses the 26B backbone at once when "auto" finds no GPU; ASR_ALLOW_CPU=1 asks for the CPU anyway
         device = "cpu" if os.environ.get("ASR_ALLOW_CPU") == "1" else "auto"
         _PIPELINES[requested] = asr.load(requested, device=device)
+        if ON_ZEROGPU:  # CUDA graphs hold the weights' addresses, which ZeroGPU may change between calls
+            _PIPELINES[requested].cuda_graphs = False
         return ModelState(requested, requested)
     except asr.ModelLoadError as exc:
         error = str(exc)

@@ -13,7 +13,8 @@ The first step has no self-conditioning: instead of a second graph, it runs the 
 The loop around the step is :func:`asr.decoding.denoise` itself (``step=`` the runner). On the CPU (no graphs; the
 same static-buffer path runs eagerly) tests/test_fast.py checks that the result and the whole step record are
 identical to the eager step's. On a GPU, ``python -m asr.bench --check`` compares the graph path with the eager one
-on the real-size stack. Not yet used by :class:`asr.Pipeline`.
+on the real-size stack (identical tokens and canvases on an H200, bench/RESULTS.md). :class:`asr.Pipeline` uses it
+on CUDA for batches of up to ``Pipeline.graph_max_batch`` windows.
 """
 
 from __future__ import annotations

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import with_pauses
 
 from asr import fast
 from asr.decoding import DenoiseOptions, denoise
 from asr.loading import build_tiny
+from asr.pipeline import Pipeline
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +65,27 @@ def test_runner_refuses_another_prompt_length(stack):
         head = stack.prefill(stack.prompt_embeddings(stack.embed_audio(torch.zeros(1, 80, 3000)))[:, :-1])
     with pytest.raises(ValueError, match="cache shapes"):
         runner.load_cache(head)
+
+
+def test_pipeline_uses_the_runner_for_small_batches(stack):
+    """Pipeline(cuda_graphs=True) goes through asr.fast for batches up to graph_max_batch, with the same transcript
+    and step record as the eager pipeline; larger batches stay eager."""
+    speech, tokenizer, features = build_tiny(seed=0)
+    speech.eval()
+    wave = with_pauses([("speech", 25.0), ("pause", 1.0), ("speech", 25.0), ("pause", 1.0), ("speech", 5.0)], seed=3)
+    eager = Pipeline(speech, tokenizer, features, name="eager", device="cpu")
+    assert eager.cuda_graphs is False  # the default on the CPU
+    graphed = Pipeline(speech, tokenizer, features, name="graphed", device="cpu", cuda_graphs=True)
+    ref = eager.transcribe(wave, steps=6, seed=9)
+    assert len(ref.segments) == 3 and "_asr_step_runners" not in speech.backbone.__dict__
+    got = graphed.transcribe(wave, steps=6, seed=9)
+    (key,) = speech.backbone._asr_step_runners  # one runner, made for the batch of 3 windows
+    assert key[0] == 3
+    for a, b in zip(ref.segments, got.segments, strict=True):
+        assert a.tokens == b.tokens and a.text == b.text
+        for name in ("canvas", "sampled", "argmax", "accepted", "confidence", "entropy"):
+            np.testing.assert_array_equal(getattr(a.steps, name), getattr(b.steps, name), err_msg=name)
+    speech.backbone.__dict__.pop("_asr_step_runners")
+    graphed.graph_max_batch = 2  # a batch of 3 windows is over the limit: eager
+    graphed.transcribe(wave, steps=2, seed=9)
+    assert "_asr_step_runners" not in speech.backbone.__dict__
