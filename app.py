@@ -59,7 +59,9 @@ FALLBACK_MODEL = os.environ.get("ASR_FALLBACK_MODEL", "tiny-random")
 CONCURRENCY = max(1, int(_env_float("ASR_CONCURRENCY", 4)))
 ON_ZEROGPU = bool(_SpacesConfig.zero_gpu)
 # GPU-time estimate per denoising step of one batch of up to 16 windows (bf16 backbone; see gpu_seconds).
-GPU_SECONDS_PER_STEP = _env_float("ASR_GPU_SECONDS_PER_STEP", 0.5)
+# bench/RESULTS.md (H200, eager, random bf16 weights of the real size): 0.10 s per step for one window, ~0.21 s for a
+# batch of 16 (16x30s-8steps 2.00 s, prefill included); rounded up, and gpu_seconds adds 50 % and a 20 s floor.
+GPU_SECONDS_PER_STEP = _env_float("ASR_GPU_SECONDS_PER_STEP", 0.25)
 
 
 # --- the model ---------------------------------------------------------------------------------------------------

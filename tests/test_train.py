@@ -190,3 +190,26 @@ def test_learning_rate_schedule():
     assert T.learning_rate(cfg, 0) == pytest.approx(0.1)
     assert T.learning_rate(cfg, 10) == pytest.approx(1.0)
     assert T.learning_rate(cfg, 110) == pytest.approx(0.1)
+
+
+def test_memory_cache_equals_file_cache(manifest, tmp_path):
+    cfg, speech, _, on_disk, _ = _setup(manifest, tmp_path)
+    _, tokenizer, features = T.build_model(cfg)
+    examples, _ = T.prepare_examples(T.read_manifest(manifest), tokenizer, speech.canvas_length)
+    memory = T.MemoryFrameCache(speech, features, batch_size=3)  # 4 clips: two chunks, the store grows once
+    assert memory.ensure(examples + examples[:1], progress=False) == len(examples)  # a repeated clip is stored once
+    assert memory.ensure(examples, progress=False) == 0
+    torch.testing.assert_close(memory.load(examples), on_disk, rtol=0, atol=0)  # both keep float16
+    order = [2, 0, 2]
+    torch.testing.assert_close(memory.load([examples[i] for i in order]), on_disk[order], rtol=0, atol=0)
+
+
+def test_time_budget_sets_the_step_count(manifest, tmp_path):
+    """--time-budget replaces --steps after 25 measured steps; a budget already spent leaves one more step."""
+    cfg = T.TrainConfig(manifest=str(manifest), out=str(tmp_path / "t"), model="tiny-random", batch_size=1,
+                        steps=1000, warmup=2, save_every=1000, time_budget=1e-3, cache_dir="memory")  # fmt: skip
+    result = T.train(cfg, progress=False)
+    assert result.step == 26
+    saved = T.read_checkpoint(tmp_path / "t" / T.CHECKPOINT)
+    assert saved["step"] == 26 and saved["config"]["steps"] == 26  # the LR schedule ended where training did
+    assert not (tmp_path / "t" / "frames").exists()  # memory cache: no files

@@ -50,6 +50,7 @@ train)
         for _ in 1 2 3 4; do awk -v d="$PWD/.data/extra/" -F'\t' '{print d $1 "\t" $2}' .data/extra/train.tsv; done >>"$manifest"
     fi
     echo "manifest: $(wc -l <"$manifest") rows"
+    mkdir -p "$(dirname "$RUN")"
     budget=$((${DEADLINE:-$(($(date +%s) + 300))} - $(date +%s) - 15))
     # shellcheck disable=SC2086  # TRAIN_ARGS is a list of extra options
     python3 -m asr.train --manifest "$manifest" --out "$RUN" --model small --tokenizer .data/tokenizer \

@@ -1,0 +1,67 @@
+"""train/make_data.py: the job list round trip and espeak-ng through its library (the GPU machine's engine)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("make_data", ROOT / "train" / "make_data.py")
+md = importlib.util.module_from_spec(_spec)
+sys.modules["make_data"] = md  # dataclasses look their module up while the file runs
+_spec.loader.exec_module(md)
+
+needs_library = pytest.mark.skipif(
+    importlib.util.find_spec("espeakng_loader") is None, reason="espeakng-loader is not installed"
+)
+TEXT = "The government quashes any attempt of an uprising, and the letters read better head back."
+
+
+def _jobs() -> list:
+    voices = [md.Voice("espeak", "en-us+m1", 1.1, 40), md.Voice("flite", "slt", 0.9)]
+    return [
+        md.Job(i, "train", f"sentence number {i}.", v, 7, f"clips/train/{i:06d}.flac") for i, v in enumerate(voices)
+    ]
+
+
+@pytest.mark.parametrize("name", ["jobs.jsonl", "jobs.jsonl.gz"])
+def test_job_list_round_trip(tmp_path, name):
+    jobs, info = _jobs(), {"engines": ["espeak", "flite"], "seed": 7}
+    md.write_jobs(tmp_path / name, jobs, info)
+    assert md.read_jobs(tmp_path / name) == (jobs, info)
+
+
+@needs_library
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="the espeak-ng program is not installed")
+def test_library_speaks_like_the_program(tmp_path):
+    import subprocess
+
+    audio, rate = md.EspeakLibrary.get().speak(TEXT, "en-us+m3", 190, 60)
+    wav = tmp_path / "program.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us+m3", "-s", "190", "-p", "60", "-w", str(wav), TEXT], check=True)
+    reference, ref_rate = sf.read(wav, dtype="float32")
+    assert rate == ref_rate == 22050
+    assert abs(len(audio) - len(reference)) < 0.5 * rate  # versions differ in trailing silence only
+    n = min(len(audio), len(reference))
+    assert np.corrcoef(audio[:n], reference[:n])[0, 1] > 0.99
+    other, _ = md.EspeakLibrary.get().speak(TEXT, "en-us+m3", 120, 60)  # rate is applied: slower is longer
+    assert len(other) > 1.3 * len(audio)
+    with pytest.raises(ValueError, match="not found"):
+        md.EspeakLibrary.get().speak(TEXT, "xx-nonexistent", 175, 50)
+
+
+@needs_library
+def test_make_clip_with_the_library(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAKE_DATA_ESPEAK", "library")
+    job = _jobs()[0]
+    meta = md.make_clip(job, str(tmp_path))
+    audio, rate = sf.read(tmp_path / job.out, dtype="float32")
+    assert rate == md.SAMPLE_RATE and meta["seconds"] == pytest.approx(len(audio) / rate, abs=1e-3)
+    assert meta["text"] == job.text and meta["speaker"] == "espeak:en-us+m1"
+    assert 0.5 < meta["seconds"] < 5 and np.abs(audio).max() > 0.01
