@@ -60,6 +60,7 @@ MODES = ("projector+lora", "all")
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
 DEFAULT_WHISPER_DIR = Path(__file__).parent / "mini" / "whisper-tiny-en"
+FEATURE_GROUP = 16  # clips per log-mel call when the frame cache computes features in threads
 
 
 # --- settings -----------------------------------------------------------------------------------------------------
@@ -71,7 +72,7 @@ class TrainConfig:
 
     manifest: str = ""
     out: str = "runs/train"
-    model: str = "tiny-random"  # tiny-random | small | new-adapter | an adapter path/hub id (continued)
+    model: str = "tiny-random"  # tiny-random | small | new-adapter | an adapter path/hub id | a small-model folder
     train: str = "projector+lora"
     steps: int = 1000
     batch_size: int = 8
@@ -188,6 +189,33 @@ def build_small(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
     return SpeechModel(whisper, projector, backbone, prompt), tokenizer, features
 
 
+def is_small_model(spec: str) -> bool:
+    """True when ``spec`` is a small-model folder exported by :func:`export_model`."""
+    from .loading import SMALL_MODEL_INFO
+
+    return spec not in ("small", "tiny-random", "new-adapter") and (Path(spec) / SMALL_MODEL_INFO).is_file()
+
+
+def continue_settings(cfg: TrainConfig) -> TrainConfig:
+    """For ``--model`` an exported small-model folder: take the encoder, tokenizer and canvas it was trained with
+    (so that the next export names them again), and train the whole model unless told otherwise."""
+    if not is_small_model(cfg.model):
+        return cfg
+    from .loading import SMALL_MODEL_INFO
+
+    folder = Path(cfg.model)
+    info = json.loads((folder / SMALL_MODEL_INFO).read_text(encoding="utf-8"))
+    whisper = info["whisper"]
+    if whisper != "tiny-random" and (folder / whisper).exists():
+        whisper = str((folder / whisper).resolve())
+    return dataclasses.replace(
+        cfg,
+        whisper=whisper,
+        tokenizer=str((folder / "tokenizer").resolve()),
+        canvas_length=cfg.canvas_length or int(info["canvas_length"]),
+    )
+
+
 def build_model(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
     """``(SpeechModel, tokenizer, feature extractor)`` for ``cfg.model``; LoRA is injected for ``projector+lora``."""
     from . import loading
@@ -205,6 +233,8 @@ def build_model(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
         hidden = backbone.config.text_config.hidden_size
         projector = Projector(M.default_projector_layout(whisper.config.d_model, 1280, hidden))
         speech = SpeechModel(whisper, projector, backbone, prompt)
+    elif is_small_model(cfg.model):  # an exported small model, trained further (fresh optimizer)
+        speech, tokenizer, features = loading.load_small_model(Path(cfg.model), canvas_length=cfg.canvas_length)
     else:  # an existing adapter, trained further
         speech, tokenizer, features = loading.build(
             cfg.model, cfg.device, dtype, backbone=cfg.backbone, whisper=cfg.whisper_id, canvas_length=cfg.canvas_length
@@ -305,10 +335,15 @@ class FrameCache:
         from . import audio as A
 
         param = next(self.speech.whisper.parameters())
+
+        def log_mel(waves: list[np.ndarray]) -> torch.Tensor:
+            out = self.features(waves, sampling_rate=A.SAMPLE_RATE, return_tensors="pt", device=str(param.device))
+            return out.input_features
+
         waves = list(self._pool().map(A.load_audio, audios)) if len(audios) > 1 else [A.load_audio(audios[0])]
-        feats = self.features(
-            waves, sampling_rate=A.SAMPLE_RATE, return_tensors="pt", device=str(param.device)
-        ).input_features
+        groups = [waves[i : i + FEATURE_GROUP] for i in range(0, len(waves), FEATURE_GROUP)]
+        # per-clip features (padding, STFT, per-clip max): groups in threads give the same rows as one call
+        feats = torch.cat(list(self._pool().map(log_mel, groups))) if len(groups) > 1 else log_mel(waves)
         return self.speech.whisper(feats.to(param.device, param.dtype)).last_hidden_state.float()
 
     def _pool(self):
@@ -693,6 +728,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
         default = TrainConfig()
         changed = {k: getattr(cfg, k) for k in keep if getattr(cfg, k) != getattr(default, k)}
         cfg = dataclasses.replace(saved, steps=cfg.steps, **changed)
+    cfg = continue_settings(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if str(cfg.device).startswith("cuda"):  # float32 training: TF32 tensor cores for matmuls and convolutions
@@ -809,7 +845,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m asr.train", description="Train the projector + LoRA or a small model.")
     p.add_argument("--manifest", required=True, help="TSV (audio<TAB>text) or JSONL (audio, text) of training clips")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.jsonl, exports, frame cache")
-    p.add_argument("--model", default=d.model, help="tiny-random, small, new-adapter, or an adapter path/hub id")
+    p.add_argument("--model", default=d.model, help="tiny-random, small, new-adapter, an adapter path/hub id, or an "
+                   "exported small-model folder (OUT/model) to train further")  # fmt: skip
     p.add_argument("--train", default=None, choices=MODES, help="default: all for small, projector+lora otherwise")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (its settings win)")
@@ -833,8 +870,8 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(parser().parse_args(argv))
     resume, quiet = args.pop("resume"), args.pop("quiet")
     if args["train"] is None:
-        args["train"] = "all" if args["model"] == "small" else "projector+lora"
-    cfg = TrainConfig(**args)
+        args["train"] = "all" if args["model"] == "small" or is_small_model(args["model"]) else "projector+lora"
+    cfg = continue_settings(TrainConfig(**args))
     result = train(cfg, resume=resume, progress=not quiet)
     last = result.history[-1] if result.history else {}
     print(

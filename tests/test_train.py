@@ -192,10 +192,11 @@ def test_learning_rate_schedule():
     assert T.learning_rate(cfg, 110) == pytest.approx(0.1)
 
 
-def test_memory_cache_equals_file_cache(manifest, tmp_path):
+def test_memory_cache_equals_file_cache(manifest, tmp_path, monkeypatch):
     cfg, speech, _, on_disk, _ = _setup(manifest, tmp_path)
     _, tokenizer, features = T.build_model(cfg)
     examples, _ = T.prepare_examples(T.read_manifest(manifest), tokenizer, speech.canvas_length)
+    monkeypatch.setattr(T, "FEATURE_GROUP", 2)  # a chunk of 3 clips: log-mels in two threaded groups
     memory = T.MemoryFrameCache(speech, features, batch_size=3)  # 4 clips: two chunks, the store grows once
     assert memory.ensure(examples + examples[:1], progress=False) == len(examples)  # a repeated clip is stored once
     assert memory.ensure(examples, progress=False) == 0
@@ -213,3 +214,23 @@ def test_time_budget_sets_the_step_count(manifest, tmp_path):
     saved = T.read_checkpoint(tmp_path / "t" / T.CHECKPOINT)
     assert saved["step"] == 26 and saved["config"]["steps"] == 26  # the LR schedule ended where training did
     assert not (tmp_path / "t" / "frames").exists()  # memory cache: no files
+
+
+def test_training_continues_from_an_exported_model(manifest, tmp_path):
+    """--model OUT/model (an exported small model) starts from its weights, trains all of it, exports it again."""
+    first = T.TrainConfig(manifest=str(manifest), out=str(tmp_path / "a"), model="tiny-random", train="all",
+                          steps=2, batch_size=2, canvas_length=16)  # fmt: skip
+    T.train(first, progress=False)
+    folder = tmp_path / "a" / "model"
+    exported, _, _ = T.load_exported(folder)
+    code = T.main(["--manifest", str(manifest), "--out", str(tmp_path / "b"), "--model", str(folder), "--steps", "1",
+                   "--batch-size", "2", "--lr", "0", "--warmup", "0", "--quiet"])  # fmt: skip
+    assert code == 0
+    state = T.read_checkpoint(tmp_path / "b" / T.CHECKPOINT)
+    assert state["config"]["train"] == "all" and state["config"]["canvas_length"] == 16
+    params = dict(exported.named_parameters())
+    assert any(n.startswith("backbone.") for n in state["trainable"])
+    for name, tensor in state["trainable"].items():  # lr 0: still the exported weights
+        torch.testing.assert_close(tensor, params[name], rtol=0, atol=0, msg=name)
+    again = json.loads((tmp_path / "b" / "model" / "speech.json").read_text())
+    assert again["whisper"] == "tiny-random" and again["canvas_length"] == 16
