@@ -96,6 +96,7 @@ class TrainConfig:
     log_every: int = 1
     cache_dir: str | None = None  # default OUT/frames; "memory": on the training device, no files
     time_budget: float | None = None  # seconds for the whole run: --steps is then set from the measured step time
+    profile_steps: int = 0  # > 0: profile this many steps (after 2 warm-up steps) into OUT/profile.txt
     cache_dtype: str = "float16"
     device: str = "cpu"
     threads: int | None = None
@@ -724,6 +725,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
             "eval_steps",
             "device",
             "time_budget",
+            "profile_steps",
         }
         default = TrainConfig()
         changed = {k: getattr(cfg, k) for k in keep if getattr(cfg, k) != getattr(default, k)}
@@ -784,7 +786,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
     speech.whisper.eval()
     started = time.perf_counter()
     first_step, timed_from = step, None
+    profiler = None
     while step < cfg.steps:
+        if cfg.profile_steps and step == first_step + 2:
+            profiler = _start_profiler(cfg.device)
+        elif profiler is not None and step == first_step + 2 + cfg.profile_steps:
+            _write_profile(profiler, out / "profile.txt", cfg.device, cfg.profile_steps, progress)
+            profiler = None
         if cfg.time_budget and step == first_step + 5:
             timed_from = time.perf_counter()
         elif cfg.time_budget and timed_from is not None and step == first_step + 25:  # fit --steps to the budget
@@ -822,7 +830,28 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
             save_checkpoint(ckpt_path, step, params, optimizer, generator, cfg)
             export(speech, tokenizer, cfg, out)
     bar.close()
+    if profiler is not None:
+        _write_profile(profiler, out / "profile.txt", cfg.device, step - first_step - 2, progress)
     return RunResult(step, history, out)
+
+
+def _start_profiler(device: str):
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if str(device).startswith("cuda") else [])
+    profiler = profile(activities=activities)
+    profiler.start()
+    return profiler
+
+
+def _write_profile(profiler, path: Path, device: str, steps: int, progress: bool) -> None:
+    """Stop ``profiler`` and write its operator table (sorted by device time on CUDA) to ``path``."""
+    profiler.stop()
+    key = "self_cuda_time_total" if str(device).startswith("cuda") else "self_cpu_time_total"
+    table = profiler.key_averages().table(sort_by=key, row_limit=30)
+    path.write_text(f"{steps} training steps on {device}\n{table}\n", encoding="utf-8")
+    if progress:
+        print(f"\nprofile of {steps} steps ({path}):\n{table}", file=sys.stderr)
 
 
 def evaluate_now(speech: SpeechModel, tokenizer, features, utterances: list[Utterance], cfg: TrainConfig) -> dict:
@@ -850,6 +879,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--train", default=None, choices=MODES, help="default: all for small, projector+lora otherwise")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (its settings win)")
+    p.add_argument("--profile-steps", type=int, default=0, help="profile this many steps (after 2 warm-up steps) "
+                   "with torch.profiler into OUT/profile.txt")  # fmt: skip
     p.add_argument("--time-budget", type=float, help="seconds for the whole run (model, frames, steps): --steps is "
                    "set from the step time measured after 25 steps (the LR schedule follows it)")  # fmt: skip
     for name in ("batch_size", "lr", "warmup", "weight_decay", "grad_clip", "w_diffusion", "w_ar", "w_ctc",
