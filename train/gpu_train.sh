@@ -6,9 +6,13 @@
 #                      --engines espeak --max-words 60                 (the job list: texts, voices, seeds)
 #                  .data/extra/{train.tsv,clips/*.opus}                (optional: clips of other engines, opus 12 kbit/s)
 #                  .data/tokenizer/                                    (train/make_tokenizer.py)
-#   device tool:   carry [".whl", ".data"], command:
-#                  bash train/gpu_train.sh install && (bash train/gpu_train.sh data &) && \
+#   device tool:   carry [".whl", ".data"] (64 MiB with the tracked tree: check `du -sb .whl .data`), command, beside
+#                  the benchmark (as on 2026-11-27):
+#                  T0=$(date +%s); bash train/gpu_train.sh install && (bash train/gpu_train.sh data &) && \
 #                  BENCH_BUDGET_S=230 taskset -c 0,1 bash bench/gpu_run.sh; DEADLINE=$((T0 + 560)) bash train/gpu_train.sh train
+#                  or training only (kind nvidia-h200, timeout_s 590):
+#                  T0=$(date +%s); bash train/gpu_train.sh install && (bash train/gpu_train.sh data &) && \
+#                  DEADLINE=$((T0 + 570)) TRAIN_ARGS="--profile-steps 5" bash train/gpu_train.sh train
 #
 # Phases:
 #   install  the carried wheels into /tmp/site (skipped when they are there already)
@@ -41,7 +45,7 @@ install)
     ;;
 data)
     cores=$(nproc)
-    pin=()
+    pin=()  # cores 0-1 stay free for the benchmark (or the training process)
     if [ "$cores" -gt 4 ] && command -v taskset >/dev/null; then pin=(taskset -c "2-$((cores - 1))"); fi
     "${pin[@]}" python3 train/make_data.py --jobs "${JOBS:-.data/jobs.jsonl.gz}" --out "$SYNTH" \
         --workers $((cores > 4 ? cores - 2 : cores)) >"$SYNTH.log" 2>&1
