@@ -10,6 +10,7 @@ the entropy of every position. The record stays on the device and is copied to t
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -172,6 +173,11 @@ class _Recorder:
         temperature = self.temperature[:steps].numpy()
         batch = arrays["canvas"].shape[1]
         return [StepTrace(temperature=temperature, **{k: v[:, b] for k, v in arrays.items()}) for b in range(batch)]
+
+
+def ctc_collapse(ids: list[int], blank: int) -> list[int]:
+    """Greedy CTC decoding of a frame-wise argmax: merge repeated ids, then drop blanks."""
+    return [t for t, _ in itertools.groupby(ids) if t != blank]
 
 
 def trim_tokens(tokens: list[int], eos_ids: list[int], pad_id: int) -> list[int]:

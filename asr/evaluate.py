@@ -173,22 +173,31 @@ def evaluate(
     language: str = "en",
     warmup: bool = True,
     progress: bool = False,
+    ctc: bool = False,
 ) -> StepsResult:
-    """Transcribe every utterance with ``steps`` denoising steps and score the corpus."""
+    """Transcribe every utterance with ``steps`` denoising steps and score the corpus. ``ctc``: score the CTC head's
+    greedy transcripts instead (:meth:`asr.Pipeline.transcribe_ctc`; ``steps`` is then 0)."""
     import torch
 
+    def transcribe(path: str):
+        if ctc:
+            return pipeline.transcribe_ctc(path)
+        return pipeline.transcribe(path, steps=steps, seed=seed, record_steps=False)
+
+    steps = 0 if ctc else steps
     normalize = make_normalizer(language)
     if warmup:
-        pipeline.transcribe(str(utterances[0].audio), steps=steps, seed=seed, record_steps=False)
+        transcribe(str(utterances[0].audio))
     iterator = utterances
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(utterances, desc=f"{steps} steps", unit="utt", file=sys.stderr, leave=False)
+        label = "ctc" if ctc else f"{steps} steps"
+        iterator = tqdm(utterances, desc=label, unit="utt", file=sys.stderr, leave=False)
     results: list[UtteranceResult] = []
     for utt in iterator:
         started = time.perf_counter()
-        transcript = pipeline.transcribe(str(utt.audio), steps=steps, seed=seed, record_steps=False)
+        transcript = transcribe(str(utt.audio))
         if str(getattr(pipeline, "device", "cpu")).startswith("cuda"):
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - started
@@ -212,7 +221,8 @@ def evaluate(
 
 def format_table(result: StepsResult, base: Path | None = None, width: int = 60) -> str:
     """A per-utterance table: file, duration, errors/words, processing time, hypothesis (and reference if wrong)."""
-    lines = [f"## {result.steps} steps", f"{'audio':<28} {'dur s':>6} {'err/words':>9} {'proc s':>7}  hypothesis"]
+    title = f"{result.steps} steps" if result.steps else "CTC head, greedy"
+    lines = [f"## {title}", f"{'audio':<28} {'dur s':>6} {'err/words':>9} {'proc s':>7}  hypothesis"]
     for r in result.utterances:
         name = Path(r.audio)
         if base is not None:
@@ -260,8 +270,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N utterances")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", type=Path, default=None, help="also write all results to this JSON file")
+    p.add_argument("--ctc", action="store_true", help="also score the CTC head's greedy transcripts (encoder + "
+                   "projector + lm_head, no denoising): a diagnostic of the audio side during training")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no per-utterance table, no progress bar")
     return p
+
+
+def _as_json(r: StepsResult) -> dict:
+    return {"steps": r.steps, "wer": r.rates.wer, "cer": r.rates.cer, "rtfx": r.rtfx,
+            "utterances": [u.__dict__ for u in r.utterances]}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,6 +305,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot load {args.model}: {exc}", file=sys.stderr)
         return 2
     print(f"model {pipe.name} on {pipe.device}, loaded in {load_s:.2f} s; {len(utterances)} utterances")
+    ctc = None
+    if args.ctc:
+        ctc = evaluate(pipe, utterances, 0, args.seed, args.language, progress=not args.quiet, ctc=True)
+        if not args.quiet:
+            print(format_table(ctc, base=args.manifest.parent))
     results = []
     for steps in args.steps:
         result = evaluate(pipe, utterances, steps, args.seed, args.language, progress=not args.quiet)
@@ -301,21 +323,15 @@ def main(argv: list[str] | None = None) -> int:
                     "model": pipe.name,
                     "manifest": str(args.manifest),
                     "seed": args.seed,
-                    "results": [
-                        {
-                            "steps": r.steps,
-                            "wer": r.rates.wer,
-                            "cer": r.rates.cer,
-                            "rtfx": r.rtfx,
-                            "utterances": [u.__dict__ for u in r.utterances],
-                        }
-                        for r in results
-                    ],
+                    "results": [_as_json(r) for r in results],
+                    "ctc": _as_json(ctc) if ctc else None,
                 },
                 indent=1,
             ),
             encoding="utf-8",
         )
+    if ctc:
+        print(f"CTC head, greedy (no denoising): {ctc.summary()}")
     for r in results[:-1]:
         print(f"{r.steps} steps: {r.summary()}")
     print(f"{results[-1].steps} steps:")

@@ -239,6 +239,12 @@ class SpeechModel(nn.Module):
         emb = self.projector(frames.to(proj_dtype))
         return emb.to(self.backbone.dtype)
 
+    def ctc_logits(self, audio_embeds: torch.Tensor, detach_head: bool = False) -> torch.Tensor:
+        """The training recipe's CTC head: audio embeddings through the lm_head weight (tied to the embeddings, no
+        soft-capping): (B, slots, vocab); the blank is the pad id. ``detach_head``: no gradient into the weight."""
+        weight = self.backbone.lm_head.weight
+        return nn.functional.linear(audio_embeds, weight.detach() if detach_head else weight)
+
     def prompt_embeddings(self, audio_embeds: torch.Tensor) -> torch.Tensor:
         """Embed the prompt ids and put the audio embeddings in the ``<|audio|>`` rows (unscaled, like image tokens)."""
         batch, slots, _ = audio_embeds.shape

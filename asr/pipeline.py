@@ -13,7 +13,7 @@ import torch
 
 from . import audio as A
 from . import fast
-from .decoding import DenoiseOptions, denoise, trim_tokens
+from .decoding import DenoiseOptions, ctc_collapse, denoise, trim_tokens
 from .model import SpeechModel
 from .transcript import Segment, Timings, Transcript
 
@@ -136,6 +136,26 @@ class Pipeline:
                 Segment(start=span.start, end=span.end, text=self._text(tokens), tokens=tokens, steps=trace)
             )
         return segments
+
+    def transcribe_ctc(
+        self, audio: A.AudioInput, *, sample_rate: int | None = None, batch_size: int = 16
+    ) -> Transcript:
+        """The greedy transcript of the CTC head (encoder + projector + lm_head, no denoising): a diagnostic of what
+        the audio side has learned (the training recipe's third loss trains this head). ``steps`` is 0."""
+        started = time.perf_counter()
+        wave = A.load_audio(audio, sample_rate=sample_rate)
+        spans = A.split_on_silence(wave)
+        segments: list[Segment] = []
+        for first in range(0, len(spans), batch_size):
+            batch = spans[first : first + batch_size]
+            feats = self.features([A.cut(wave, s) for s in batch])
+            with self._lock, torch.inference_mode():
+                best = self.model.ctc_logits(self.model.embed_audio(feats.to(self.device))).argmax(-1).tolist()
+            for span, row in zip(batch, best, strict=True):
+                tokens = ctc_collapse(row, blank=self.model.prompt.pad_id)
+                segments.append(Segment(start=span.start, end=span.end, text=self._text(tokens), tokens=tokens))
+        timings = Timings(audio_seconds=len(wave) / A.SAMPLE_RATE, wall_seconds=time.perf_counter() - started)
+        return Transcript(segments=segments, timings=timings, model=self.name, steps=0)
 
     def decode(self, canvas: list[int]) -> str:
         """The text of a canvas: tokens up to the first end-of-sequence id, without padding or special tokens."""

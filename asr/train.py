@@ -569,7 +569,7 @@ def compute_losses(
 
     # (c) CTC on the projector output through the frozen lm_head; blank = pad id
     S = audio.shape[1]
-    ctc_logits = F.linear(audio, backbone.lm_head.weight.detach())
+    ctc_logits = speech.ctc_logits(audio, detach_head=True)
     log_probs = F.log_softmax(ctc_logits.float(), dim=-1).transpose(0, 1)  # (S, B, V)
     input_lengths = batch.audio_slots.clamp(max=S)
     input_lengths = torch.where(batch.target_lengths > input_lengths, torch.full_like(input_lengths, S), input_lengths)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
+from conftest import with_pauses
 
-from asr.decoding import DenoiseOptions, denoise
+from asr import audio as A
+from asr.decoding import DenoiseOptions, ctc_collapse, denoise
 from asr.loading import build_tiny
 
 
@@ -99,3 +102,26 @@ def test_options_validate():
         DenoiseOptions(steps=0)
     with pytest.raises(ValueError):
         DenoiseOptions(t_min=0.9, t_max=0.5)
+
+
+def test_ctc_collapse():
+    assert ctc_collapse([], blank=0) == []
+    assert ctc_collapse([0, 5, 5, 0, 5, 3, 3, 0, 0], blank=0) == [5, 5, 3]  # a blank separates a real repeat
+    assert ctc_collapse([7, 7, 7], blank=0) == [7]
+
+
+def test_transcribe_ctc_is_the_greedy_ctc_head(tiny):
+    """Pipeline.transcribe_ctc per 30 s window: argmax of the projector output through lm_head, collapsed."""
+    wave = with_pauses([("speech", 25.0), ("pause", 1.0), ("speech", 8.0)], seed=4)
+    got = tiny.transcribe_ctc(wave)
+    spans = A.split_on_silence(wave)
+    assert got.steps == 0 and [(s.start, s.end) for s in got.segments] == [(s.start, s.end) for s in spans]
+    m = tiny.model
+    for seg, span in zip(got.segments, spans, strict=True):
+        feats = tiny.feature_extractor([A.cut(wave, span)], sampling_rate=16000, return_tensors="pt").input_features
+        with torch.no_grad():
+            frames = m.whisper(feats).last_hidden_state
+            logits = torch.nn.functional.linear(m.projector(frames), m.backbone.lm_head.weight)
+        best = logits.argmax(-1)[0].tolist()
+        expected = [t for t, _ in itertools.groupby(best) if t != m.prompt.pad_id]
+        assert seg.tokens == expected and seg.steps is None

@@ -92,6 +92,10 @@ class FakePipeline:
         name = path.rsplit("/", 1)[-1]
         return SimpleNamespace(text=self.answers[name], timings=SimpleNamespace(audio_seconds=2.0))
 
+    def transcribe_ctc(self, path):
+        self.calls.append("ctc:" + path)
+        return SimpleNamespace(text="the cat", timings=SimpleNamespace(audio_seconds=2.0))
+
 
 def test_evaluate_counts_a_hand_computed_corpus(clips):
     utts = E.read_manifest(clips / "m.tsv")
@@ -126,6 +130,7 @@ def test_cli_last_line_with_tiny_random(clips, capsys, tmp_path):
                 "1",
                 "--json",
                 str(tmp_path / "r.json"),
+                "--ctc",
             ]  # fmt: skip
         )
     finally:
@@ -136,6 +141,8 @@ def test_cli_last_line_with_tiny_random(clips, capsys, tmp_path):
     assert any(line.startswith("## 1 steps") for line in lines) and any(line.startswith("## 2 steps") for line in lines)
     report = json.loads((tmp_path / "r.json").read_text())
     assert [r["steps"] for r in report["results"]] == [1, 2]
+    assert report["ctc"]["steps"] == 0 and len(report["ctc"]["utterances"]) == 2
+    assert "## CTC head, greedy" in lines and lines[-4].startswith("CTC head, greedy (no denoising): WER ")
     assert lines[-1] == f"WER {report['results'][-1]['wer']:.2f}% CER {report['results'][-1]['cer']:.2f}% " + (
         f"RTFx {report['results'][-1]['rtfx']:.1f}"
     )
@@ -144,3 +151,11 @@ def test_cli_last_line_with_tiny_random(clips, capsys, tmp_path):
 def test_cli_reports_a_bad_manifest(tmp_path, capsys):
     assert E.main(["--manifest", str(tmp_path / "none.tsv"), "--model", "tiny-random"]) == 2
     assert "no such manifest" in capsys.readouterr().err
+
+
+def test_evaluate_ctc_uses_the_ctc_transcripts(clips):
+    fake = FakePipeline({})
+    result = E.evaluate(fake, E.read_manifest(clips / "m.tsv"), steps=8, ctc=True)
+    assert result.steps == 0 and all(c.startswith("ctc:") for c in fake.calls)
+    # "the cat" against "the cat sat" (1 deletion) and "hello world" (2 substitutions): 3 errors in 5 words
+    assert result.rates.wer == pytest.approx(100 * 3 / 5)
