@@ -117,17 +117,21 @@ def denoise(
 
     steps_run = 0
     for remaining in range(options.steps, 0, -1):
-        logits = step(canvas, self_conditioning)
-        scaled = temperature(None, logits, cur_step=remaining)
+        # Full-vocabulary tensors (batch x canvas x 262144) dominate the memory of a step: each is dropped as soon
+        # as it has served, before the sampler makes its own (same operations and order, so the same result).
+        scaled = temperature(None, step(canvas, self_conditioning), cur_step=remaining)
         probs = torch.softmax(scaled, dim=-1, dtype=torch.float32)
         sampled = torch.multinomial(probs.view(-1, vocab), 1, generator=generator).view(batch_size, canvas_length)
+        confidence = probs.amax(dim=-1) if rec is not None else None
+        del probs
         new_argmax = scaled.argmax(dim=-1)
         accepted_canvas = sampler.accept_canvas(canvas, sampled, scaled, remaining)
         accepted = sampler.accepted_token_mask
         noise = torch.randint(0, vocab, (batch_size, canvas_length), device=device, generator=generator)
         new_canvas = torch.where(accepted, accepted_canvas, noise)
         if rec is not None:
-            rec.put(steps_run, remaining / options.steps, options, canvas, sampled, new_argmax, accepted, probs, scaled)
+            rec.put(steps_run, remaining / options.steps, options, canvas, sampled, new_argmax, accepted, confidence,
+                    scaled)  # fmt: skip
         if stopper is not None:
             if finished.any():  # rows that stopped earlier keep their result (as in generate())
                 new_argmax = torch.where(finished[:, None], argmax, new_argmax)
@@ -156,13 +160,13 @@ class _Recorder:
         self.confidence = torch.zeros(shape, dtype=torch.float16, device=device)
         self.entropy = torch.zeros(shape, dtype=torch.float16, device=device)
 
-    def put(self, i, fraction, options, canvas, sampled, argmax, accepted, probs, scaled) -> None:
+    def put(self, i, fraction, options, canvas, sampled, argmax, accepted, confidence, scaled) -> None:
         self.temperature[i] = options.t_min + (options.t_max - options.t_min) * fraction
         self.canvas[i] = canvas
         self.sampled[i] = sampled
         self.argmax[i] = argmax
         self.accepted[i] = accepted
-        self.confidence[i] = probs.amax(dim=-1)
+        self.confidence[i] = confidence
         self.entropy[i] = torch.distributions.Categorical(logits=scaled).entropy()
 
     def to_host(self, steps: int) -> list[StepTrace]:
