@@ -24,7 +24,7 @@ class Pipeline:
     """A loaded model, ready to transcribe. Get one with :func:`asr.load`; safe to share between threads.
 
     On CUDA, batches of at most ``graph_max_batch`` windows run the decoder step as a CUDA graph
-    (:mod:`asr.fast`; same tokens and step record as the eager step, checked by ``asr.bench --check``): 0.43 s
+    (:mod:`asr.fast`; the same tokens and canvases as the eager step, ``asr.bench --check`` on an H200): 0.43 s
     instead of 0.80 s for one 30 s window at 8 steps on an H200 (bench/RESULTS.md). Larger batches stay eager: there
     the gain is smaller (20 x 30 s: 2.62 vs 3.41 s) and a batch-16 graph took the peak to 83.6 GB, over an 80 GB
     card. ``cuda_graphs=False`` or ``ASR_CUDA_GRAPHS=0`` turns graphs off (e.g. where the weights can move between

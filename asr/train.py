@@ -199,7 +199,7 @@ def is_small_model(spec: str) -> bool:
 
 def continue_settings(cfg: TrainConfig) -> TrainConfig:
     """For ``--model`` an exported small-model folder: take the encoder, tokenizer and canvas it was trained with
-    (so that the next export names them again), and train the whole model unless told otherwise."""
+    (so that the next export names them again). :func:`main` also makes ``--train`` default to ``all`` for it."""
     if not is_small_model(cfg.model):
         return cfg
     from .loading import SMALL_MODEL_INFO
@@ -890,9 +890,10 @@ def parser() -> argparse.ArgumentParser:
                  "eval_every", "eval_count", "eval_steps", "max_seconds", "min_lr_ratio"):  # fmt: skip
         kind = {int: int, float: float}.get(type(getattr(d, name)), int)
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name))
+    helps = {"cache_dir": "whisper-output cache folder (default OUT/frames), or 'memory': one tensor on --device"}
     for name in ("cache_dir", "cache_dtype", "device", "whisper", "tokenizer", "backbone", "whisper_id", "dtype",
                  "eval_manifest"):  # fmt: skip
-        p.add_argument("--" + name.replace("_", "-"), default=getattr(d, name))
+        p.add_argument("--" + name.replace("_", "-"), default=getattr(d, name), help=helps.get(name))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
