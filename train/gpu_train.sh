@@ -71,6 +71,7 @@ train)
     tar -C "$RUN/model" -cf "$OUT/small-backbone.tar" backbone
     cp "$RUN.stdout" "$RUN/model/train.stdout"
     cp "$RUN/log.jsonl" "$RUN/model/log.jsonl"
+    if [ -f "$RUN/profile.txt" ]; then cp "$RUN/profile.txt" "$RUN/model/profile.txt"; fi
     tar -C "$RUN/model" -cf "$OUT/small-rest.tar" --exclude backbone .
     echo "asr.train exit status $rc"
     exit "$rc"
