@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
 # Train the small model on the GPU machine of the `device` tool, in the same call as the benchmark.
 #
-#   here, once:    bash bench/fetch_wheels.sh                          (wheels into the ignored .whl/)
-#                  python train/make_data.py --plan-out .data/jobs.jsonl.gz --train 40000 --test 0 \
-#                      --engines espeak --max-words 60                 (the job list: texts, voices, seeds)
-#                  .data/extra/{train.tsv,clips/*.opus}                (optional: clips of other engines, opus 12 kbit/s)
-#                  .data/tokenizer/                                    (train/make_tokenizer.py)
+#   here, once:    bash train/prepare_gpu_data.sh [SYNTH_DIR] [INIT_MODEL_DIR]
+#                  (wheels into the ignored .whl/; .data/: the espeak job list, the tokenizer, optionally the other
+#                  engines' clips of SYNTH_DIR as opus and a model to continue from; checks the 64 MiB)
 #   device tool:   carry [".whl", ".data"] (64 MiB with the tracked tree: check `du -sb .whl .data`), command, beside
 #                  the benchmark (as on 2026-11-27):
 #                  T0=$(date +%s); bash train/gpu_train.sh install && (bash train/gpu_train.sh data &) && \
