@@ -24,7 +24,8 @@
 # at batch 128 on an H200, ~10x its FLOPs), so a larger batch costs little more per step. BATCH (default 384) and LR
 # (default 2e-3) set them. Memory: the frames of 41.5 k clips take 48 GB on the GPU, a step ~0.12 GB per clip of the
 # batch (peak RSS of a CPU step: +1.0 GB at batch 8, +3.9 GB at 32), so 384 needs ~95 GB: ask for nvidia-h200
-# (BATCH=192 on an 80 GB H100). TRAIN_ARGS adds options, e.g. "--model .data/init" to continue
+# (BATCH=192 on an 80 GB H100). PAD_WEIGHT (default 0.1: padding is ~80 % of the canvas; on 64 memorised clips 0.1
+# learned the transcript positions faster than 1.0, train/results/small-gpu1/diagnosis.md). TRAIN_ARGS adds options, e.g. "--model .data/init" to continue
 # from an exported model, "--profile-steps 5".
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -64,7 +65,8 @@ train)
     # shellcheck disable=SC2086  # TRAIN_ARGS is a list of extra options
     python3 -m asr.train --manifest "$manifest" --out "$RUN" --model small --tokenizer .data/tokenizer \
         --canvas-length 160 --device cuda --cache-dir memory --batch-size "${BATCH:-384}" --lr "${LR:-2e-3}" --warmup 100 \
-        --save-every 500 --log-every 10 --time-budget "$budget" --quiet ${TRAIN_ARGS:-} 2>&1 | tee "$RUN.stdout"
+        --pad-weight "${PAD_WEIGHT:-0.1}" --save-every 500 --log-every 10 --time-budget "$budget" --quiet ${TRAIN_ARGS:-} \
+        2>&1 | tee "$RUN.stdout"
     rc=${PIPESTATUS[0]}
     tar -C "$RUN/model" -cf "$OUT/small-backbone.tar" backbone
     cp "$RUN.stdout" "$RUN/model/train.stdout"
