@@ -236,7 +236,6 @@ class EspeakLibrary:
 
         import espeakng_loader
 
-        self.ctypes = ctypes
         self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
         self.lib.espeak_Initialize.restype = ctypes.c_int
         self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
