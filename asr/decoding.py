@@ -55,18 +55,24 @@ class DenoiseResult:
 StepFn = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
-def eager_step(backbone, cache: Cache, prompt_length: int, batch_size: int) -> StepFn:
-    """The decoder forward over the prefilled prompt ``cache``: ``(canvas, self_conditioning) -> logits``."""
+def decoder_inputs(backbone, cache: Cache, prompt_length: int, batch_size: int) -> tuple[dict, torch.Tensor]:
+    """The decoder's attention-mask mapping and position ids for a canvas that follows a prefilled prompt of
+    ``prompt_length`` tokens (as ``generate()`` builds them): ``(mask_mapping, positions)``."""
     canvas_length = backbone.config.canvas_length
     device = backbone.device
-    decoder_mask = torch.ones((batch_size, prompt_length + canvas_length), dtype=torch.bool, device=device)
     positions = torch.arange(prompt_length, prompt_length + canvas_length, dtype=torch.int32, device=device)[None]
     mask_mapping = backbone.model.decoder.create_diffusion_decoder_attention_mask(
         config=backbone.config,
         inputs_embeds=torch.empty((batch_size, canvas_length, 1), device=device),
         past_key_values=cache,
-        decoder_attention_mask=decoder_mask,
+        decoder_attention_mask=torch.ones((batch_size, prompt_length + canvas_length), dtype=torch.bool, device=device),
     )
+    return mask_mapping, positions
+
+
+def eager_step(backbone, cache: Cache, prompt_length: int, batch_size: int) -> StepFn:
+    """The decoder forward over the prefilled prompt ``cache``: ``(canvas, self_conditioning) -> logits``."""
+    mask_mapping, positions = decoder_inputs(backbone, cache, prompt_length, batch_size)
 
     def step(canvas: torch.Tensor, self_conditioning: torch.Tensor | None) -> torch.Tensor:
         return backbone(

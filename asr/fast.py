@@ -43,14 +43,7 @@ class StepRunner:
         self.canvas = torch.zeros((batch_size, canvas_length), dtype=torch.long, device=device)
         self.self_conditioning = torch.zeros((batch_size, canvas_length, vocab), dtype=embed_dtype, device=device)
         self.sc_mask = torch.zeros(batch_size, dtype=torch.bool, device=device)
-        decoder_mask = torch.ones((batch_size, prompt_length + canvas_length), dtype=torch.bool, device=device)
-        self.positions = torch.arange(
-            prompt_length, prompt_length + canvas_length, dtype=torch.int32, device=device
-        ).unsqueeze(0)
-        self.mask_mapping = backbone.model.decoder.create_diffusion_decoder_attention_mask(
-            config=config, inputs_embeds=self.canvas.unsqueeze(-1), past_key_values=self.cache,
-            decoder_attention_mask=decoder_mask,
-        )  # fmt: skip
+        self.mask_mapping, self.positions = decoding.decoder_inputs(backbone, self.cache, prompt_length, batch_size)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
 

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import model as M
+from .decoding import decoder_inputs
 from .evaluate import Utterance, read_manifest
 from .loading import load_whisper
 from .model import Projector, SpeechModel
@@ -523,13 +524,7 @@ def compute_losses(
         corrupt = torch.rand(B, C, generator=generator) < gamma[:, None]
         noise = torch.randint(0, vocab, (B, C), generator=generator)
         noisy = torch.where(corrupt.to(device), noise.to(device), canvas)
-        positions = torch.arange(P, P + C, dtype=torch.int32, device=device)[None]
-        mask_mapping = backbone.model.decoder.create_diffusion_decoder_attention_mask(
-            config=backbone.config,
-            inputs_embeds=noisy.unsqueeze(-1),
-            past_key_values=cache,
-            decoder_attention_mask=torch.ones((B, P + C), dtype=torch.bool, device=device),
-        )
+        mask_mapping, positions = decoder_inputs(backbone, cache, P, B)  # as at inference
         use_sc = torch.rand(B, generator=generator) < cfg.self_conditioning
         temperature = cfg.sc_t_min + (cfg.sc_t_max - cfg.sc_t_min) * torch.rand(B, 1, 1, generator=generator)
         sc_logits = sc_mask = None

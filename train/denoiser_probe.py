@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from asr import train as T
+from asr.decoding import eager_step
 
 
 @torch.no_grad()
@@ -43,15 +44,7 @@ def probe(model: str, manifest: str, count: int, gammas: list[float], seed: int 
             g = torch.Generator().manual_seed(seed)
             corrupt = torch.rand((B, C), generator=g) < gamma
             noisy = torch.where(corrupt, torch.randint(0, vocab, (B, C), generator=g), batch.canvas)
-            mask = backbone.model.decoder.create_diffusion_decoder_attention_mask(
-                config=backbone.config, inputs_embeds=noisy.unsqueeze(-1), past_key_values=cache,
-                decoder_attention_mask=torch.ones((B, P + C), dtype=torch.bool),
-            )  # fmt: skip
-            positions = torch.arange(P, P + C, dtype=torch.int32)[None]
-            logits = backbone(
-                decoder_input_ids=noisy, past_key_values=cache, decoder_attention_mask=mask,
-                decoder_position_ids=positions,
-            ).logits.float()  # fmt: skip
+            logits = eager_step(backbone, cache, P, B)(noisy, None).float()  # the inference step, first step
             ce = F.cross_entropy(logits.reshape(-1, vocab), batch.canvas.reshape(-1), reduction="none").view(B, C)
             accuracy = (logits.argmax(-1) == batch.canvas)[text].float().mean()
             ce_text = float(ce[text].mean())
