@@ -63,8 +63,8 @@ def load(
 
     auto = device == "auto"
     device = resolve_device(device)
-    if auto and device == "cpu" and model not in ("tiny-random", "mini") and backbone != "tiny-random":
-        if not (Path(model) / SMALL_MODEL_INFO).is_file():
+    if auto and device == "cpu" and model != "tiny-random" and backbone != "tiny-random":
+        if small_model_folder(model) is None:
             _fetch(model, ADAPTER_FILE, None, gated=True, download=False)  # a bad local path is the first problem
             raise ModelLoadError(
                 f"{model} runs on the 26 B-parameter {backbone} backbone, which needs ~52 GB of GPU memory (bf16), "
@@ -76,7 +76,7 @@ def load(
         if key not in _cache:
             speech, tokenizer, features = build(model, device, dtype, backbone, whisper, canvas_length, lora_alpha)
             label = model
-            if model == "mini" or (Path(model) / SMALL_MODEL_INFO).is_file():
+            if small_model_folder(model) is not None:
                 label += " (small model trained by this project)"
             if "tiny-random" in (model, backbone):
                 label += " (random weights: output is noise, for tests only)"
@@ -85,12 +85,20 @@ def load(
         return _cache[key]
 
 
+def small_model_folder(model: str) -> Path | None:
+    """The folder of a small model (``mini``, the shipped one, or a folder holding ``speech.json``), else None."""
+    if model == "mini":
+        return MINI_DIR
+    return Path(model) if (Path(model) / SMALL_MODEL_INFO).is_file() else None
+
+
 def build(model, device, dtype, backbone=BACKBONE, whisper=WHISPER, canvas_length=None, lora_alpha=None):
     """Build the parts of a pipeline: ``(SpeechModel, tokenizer, feature extractor)``."""
     if model == "tiny-random":
         return build_tiny(seed=0)
-    if model == "mini" or (Path(model) / SMALL_MODEL_INFO).is_file():
-        return load_small_model(MINI_DIR if model == "mini" else Path(model), canvas_length)
+    folder = small_model_folder(model)
+    if folder is not None:
+        return load_small_model(folder, canvas_length)
     ckpt = read_adapter(_fetch(model, ADAPTER_FILE, os.environ.get("HF_TOKEN") or None, gated=True))
     if backbone == "tiny-random":
         whisper_enc, bb, tokenizer, features = _tiny_parts(seed=0, canvas_length=canvas_length or 16)

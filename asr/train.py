@@ -54,7 +54,7 @@ from torch import nn
 from . import model as M
 from .decoding import decoder_inputs
 from .evaluate import Utterance, read_manifest
-from .loading import load_whisper
+from .loading import SMALL_MODEL_INFO, load_whisper, small_model_folder
 from .model import Projector, SpeechModel
 
 MODES = ("projector+lora", "all")
@@ -191,21 +191,13 @@ def build_small(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
     return SpeechModel(whisper, projector, backbone, prompt), tokenizer, features
 
 
-def is_small_model(spec: str) -> bool:
-    """True when ``spec`` is a small-model folder exported by :func:`export_model`."""
-    from .loading import SMALL_MODEL_INFO
-
-    return spec not in ("small", "tiny-random", "new-adapter") and (Path(spec) / SMALL_MODEL_INFO).is_file()
-
-
 def continue_settings(cfg: TrainConfig) -> TrainConfig:
-    """For ``--model`` an exported small-model folder: take the encoder, tokenizer and canvas it was trained with
-    (so that the next export names them again). :func:`main` also makes ``--train`` default to ``all`` for it."""
-    if not is_small_model(cfg.model):
+    """For ``--model`` an exported small-model folder (or ``mini``): take the encoder, tokenizer and canvas it was
+    trained with (so that the next export names them again). :func:`main` also makes ``--train`` default to ``all``
+    for it."""
+    folder = small_model_folder(cfg.model)
+    if folder is None or not (folder / SMALL_MODEL_INFO).is_file():  # absent "mini": build_model says so
         return cfg
-    from .loading import SMALL_MODEL_INFO
-
-    folder = Path(cfg.model)
     info = json.loads((folder / SMALL_MODEL_INFO).read_text(encoding="utf-8"))
     whisper = info["whisper"]
     if whisper != "tiny-random" and (folder / whisper).exists():
@@ -235,8 +227,8 @@ def build_model(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
         hidden = backbone.config.text_config.hidden_size
         projector = Projector(M.default_projector_layout(whisper.config.d_model, 1280, hidden))
         speech = SpeechModel(whisper, projector, backbone, prompt)
-    elif is_small_model(cfg.model):  # an exported small model, trained further (fresh optimizer)
-        speech, tokenizer, features = loading.load_small_model(Path(cfg.model), canvas_length=cfg.canvas_length)
+    elif (folder := small_model_folder(cfg.model)) is not None:  # trained further (fresh optimizer)
+        speech, tokenizer, features = loading.load_small_model(folder, canvas_length=cfg.canvas_length)
     else:  # an existing adapter, trained further
         speech, tokenizer, features = loading.build(
             cfg.model, cfg.device, dtype, backbone=cfg.backbone, whisper=cfg.whisper_id, canvas_length=cfg.canvas_length
@@ -898,7 +890,8 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(parser().parse_args(argv))
     resume, quiet = args.pop("resume"), args.pop("quiet")
     if args["train"] is None:
-        args["train"] = "all" if args["model"] == "small" or is_small_model(args["model"]) else "projector+lora"
+        small = args["model"] == "small" or small_model_folder(args["model"]) is not None
+        args["train"] = "all" if small else "projector+lora"
     cfg = continue_settings(TrainConfig(**args))
     result = train(cfg, resume=resume, progress=not quiet)
     last = result.history[-1] if result.history else {}
