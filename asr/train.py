@@ -334,10 +334,10 @@ class FrameCache:
             out = self.features(waves, sampling_rate=A.SAMPLE_RATE, return_tensors="pt", device=str(param.device))
             return out.input_features
 
-        waves = list(self._pool().map(A.load_audio, audios)) if len(audios) > 1 else [A.load_audio(audios[0])]
+        waves = list(self._pool().map(A.load_audio, audios))
         groups = [waves[i : i + FEATURE_GROUP] for i in range(0, len(waves), FEATURE_GROUP)]
         # per-clip features (padding, STFT, per-clip max): groups in threads give the same rows as one call
-        feats = torch.cat(list(self._pool().map(log_mel, groups))) if len(groups) > 1 else log_mel(waves)
+        feats = torch.cat(list(self._pool().map(log_mel, groups)))
         return self.speech.whisper(feats.to(param.device, param.dtype)).last_hidden_state.float()
 
     def _pool(self):
