@@ -42,7 +42,7 @@ from torch import nn
 
 from . import audio as A
 from . import model as M
-from .decoding import DenoiseOptions, denoise
+from .decoding import DenoiseOptions, denoise, eager_step
 from .pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -606,22 +606,11 @@ class Bench:
         vocab = bb.config.text_config.vocab_size
         gen = torch.Generator(device=dev).manual_seed(0)
         canvas = torch.randint(0, vocab, (batch, canvas_len), device=dev, generator=gen)
-        mask = bb.model.decoder.create_diffusion_decoder_attention_mask(
-            config=bb.config, inputs_embeds=canvas.unsqueeze(-1), past_key_values=cache,
-            decoder_attention_mask=torch.ones((batch, prompt_len + canvas_len), dtype=torch.bool, device=dev),
-        )  # fmt: skip
-        positions = torch.arange(prompt_len, prompt_len + canvas_len, dtype=torch.int32, device=dev)[None]
         sc = torch.randn(batch, canvas_len, vocab, device=dev, generator=gen).to(
             bb.model.decoder.embed_tokens.weight.dtype
         )
-
-        def step():
-            return bb(
-                decoder_input_ids=canvas, self_conditioning_logits=sc, decoder_attention_mask=mask,
-                past_key_values=cache, decoder_position_ids=positions,
-            ).logits  # fmt: skip
-
-        timing = measure(step, dev, self.s.repeats, self.s.warmup)
+        step = eager_step(bb, cache, prompt_len, batch)  # the pipeline's own decoder step
+        timing = measure(lambda: step(canvas, sc), dev, self.s.repeats, self.s.warmup)
         name = "decoder-step" if batch == 1 else f"decoder-step-{batch}x"
         self.add(name, timing.seconds, timing.peak_gb, batch=batch, segments=batch, repeats=len(timing.samples),
                  note="one backbone forward over the canvas, with self-conditioning logits")  # fmt: skip
