@@ -17,15 +17,8 @@ OUT=${OUT:-/tmp/bench-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 
-if ! ls .whl/transformers-5.23.0-*.whl >/dev/null 2>&1; then
-    echo "no .whl/transformers-5.23.0-*.whl: run bench/fetch_wheels.sh here and pass carry [\".whl\"]" >&2
-    exit 2
-fi
+bash bench/install_wheels.sh || { echo "installing the carried wheels failed" >&2; exit 2; }
 export PYTHONPATH=/tmp/site
-# (skipped when train/gpu_train.sh install ran first: reinstalling under a running process would break its imports)
-python3 -c "import transformers; assert transformers.__version__ == '5.23.0'" 2>/dev/null \
-    || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "installing the carried wheels failed" >&2; exit 2; }
 
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 - <<'EOF' || exit 3

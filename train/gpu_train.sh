@@ -13,7 +13,7 @@
 #                  DEADLINE=$((T0 + 570)) TRAIN_ARGS="--profile-steps 5" bash train/gpu_train.sh train
 #
 # Phases:
-#   install  the carried wheels into /tmp/site (skipped when they are there already)
+#   install  the carried wheels into /tmp/site (bench/install_wheels.sh: once per machine)
 #   data     synthesise the job list with the espeak-ng library of the espeakng-loader wheel on all cores but two
 #            (the benchmark keeps cores 0-1), into /tmp/synth
 #   train    wait for the data, then `python -m asr.train --model small` with the frames in GPU memory and
@@ -37,10 +37,7 @@ RUN=${RUN:-/tmp/runs/small-gpu}
 
 case "${1:-}" in
 install)
-    if python3 -c "import transformers, espeakng_loader; assert transformers.__version__ == '5.23.0'" 2>/dev/null; then
-        exit 0
-    fi
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    bash bench/install_wheels.sh
     ;;
 data)
     cores=$(nproc)
