@@ -109,11 +109,14 @@ def denoise(
         EntropyBoundSamplerConfig(entropy_bound=options.entropy_bound), canvas_length, vocab, options.steps
     )
     temperature = LinearTemperatureScheduleLogitsProcessor(options.t_min, options.t_max, options.steps)
-    stopper = (
-        StableAndConfidentStoppingCriteria(options.stability_threshold, options.confidence_threshold)
+    # One stopping rule per batch row (each keeps its own row's history), so that its entropy is computed a row
+    # at a time (see _accept_by_row).
+    stoppers = (
+        [StableAndConfidentStoppingCriteria(options.stability_threshold, options.confidence_threshold)
+         for _ in range(batch_size)]
         if options.early_stop
         else None
-    )
+    )  # fmt: skip
     canvas = torch.randint(0, vocab, (batch_size, canvas_length), device=device, generator=generator)
     argmax = canvas
     self_conditioning = None
@@ -124,33 +127,55 @@ def denoise(
     steps_run = 0
     for remaining in range(options.steps, 0, -1):
         # Full-vocabulary tensors (batch x canvas x 262144) dominate the memory of a step: each is dropped as soon
-        # as it has served, before the sampler makes its own (same operations and order, so the same result).
-        scaled = temperature(None, step(canvas, self_conditioning), cur_step=remaining)
+        # as it has served (the previous step's logits too, unless rows that have stopped need them), and the
+        # entropies (sampler, stopping rule, record) are computed a batch row at a time.
+        any_finished = stoppers is not None and bool(finished.any())  # waited for at the previous step's end
+        logits = step(canvas, self_conditioning)
+        if not any_finished:
+            self_conditioning = None
+        scaled = temperature(None, logits, cur_step=remaining)
+        del logits
         probs = torch.softmax(scaled, dim=-1, dtype=torch.float32)
         sampled = torch.multinomial(probs.view(-1, vocab), 1, generator=generator).view(batch_size, canvas_length)
         confidence = probs.amax(dim=-1) if rec is not None else None
         del probs
         new_argmax = scaled.argmax(dim=-1)
-        accepted_canvas = sampler.accept_canvas(canvas, sampled, scaled, remaining)
-        accepted = sampler.accepted_token_mask
+        accepted_canvas, accepted = _accept_by_row(sampler, canvas, sampled, scaled, remaining)
         noise = torch.randint(0, vocab, (batch_size, canvas_length), device=device, generator=generator)
         new_canvas = torch.where(accepted, accepted_canvas, noise)
         if rec is not None:
             rec.put(steps_run, remaining / options.steps, options, canvas, sampled, new_argmax, accepted, confidence,
                     scaled)  # fmt: skip
-        if stopper is not None:
-            if finished.any():  # rows that stopped earlier keep their result (as in generate())
+        if stoppers is not None:
+            if any_finished:  # rows that stopped earlier keep their result (as in generate())
                 new_argmax = torch.where(finished[:, None], argmax, new_argmax)
                 new_canvas = torch.where(finished[:, None], canvas, new_canvas)
                 scaled = torch.where(finished[:, None, None], self_conditioning, scaled)
-            finished |= stopper(new_argmax, scaled)
+            finished |= torch.cat([stop(new_argmax[b : b + 1], scaled[b : b + 1]) for b, stop in enumerate(stoppers)])
         canvas, argmax = new_canvas, new_argmax
         self_conditioning = scaled.to(embed_dtype)
         steps_run += 1
-        if stopper is not None and bool(finished.all()):
+        if stoppers is not None and bool(finished.all()):
             break
     trace = rec.to_host(steps_run) if rec is not None else None
     return DenoiseResult(tokens=argmax, steps_run=steps_run, trace=trace)
+
+
+def _accept_by_row(
+    sampler: EntropyBoundSampler, canvas: torch.Tensor, sampled: torch.Tensor, scaled: torch.Tensor, remaining: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sampler.accept_canvas`` a batch row at a time: ``(accepted canvas, accepted mask)``.
+
+    Its ``Categorical(logits).entropy()`` makes about three temporaries of the logits' size (batch x canvas x
+    vocabulary), which a row at a time are ``1 / batch`` as large. Acceptance is row-wise, so the result is the
+    whole batch's. The stopping rule and the record compute their entropies a row at a time for the same reason.
+    """
+    accepted_canvas, accepted = [], []
+    for b in range(len(canvas)):
+        row = slice(b, b + 1)
+        accepted_canvas.append(sampler.accept_canvas(canvas[row], sampled[row], scaled[row], remaining))
+        accepted.append(sampler.accepted_token_mask)
+    return torch.cat(accepted_canvas), torch.cat(accepted)
 
 
 class _Recorder:
@@ -173,7 +198,7 @@ class _Recorder:
         self.argmax[i] = argmax
         self.accepted[i] = accepted
         self.confidence[i] = confidence
-        self.entropy[i] = torch.distributions.Categorical(logits=scaled).entropy()
+        self.entropy[i] = torch.cat([torch.distributions.Categorical(logits=row).entropy() for row in scaled.split(1)])
 
     def to_host(self, steps: int) -> list[StepTrace]:
         arrays = {

@@ -17,6 +17,9 @@ import platform
 import resource
 import subprocess
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's asr package, from any directory
 
 
 def measure(batch: int, steps: int, record: bool) -> dict:
