@@ -128,7 +128,7 @@ def denoise(
     for remaining in range(options.steps, 0, -1):
         # Full-vocabulary tensors (batch x canvas x 262144) dominate the memory of a step: each is dropped as soon
         # as it has served (the previous step's logits too, unless rows that have stopped need them), and the
-        # entropies (sampler, stopping rule, record) are computed a batch row at a time.
+        # library's entropies (sampler, stopping rule) are computed a batch row at a time.
         any_finished = stoppers is not None and bool(finished.any())  # waited for at the previous step's end
         logits = step(canvas, self_conditioning)
         if not any_finished:
@@ -137,7 +137,15 @@ def denoise(
         del logits
         probs = torch.softmax(scaled, dim=-1, dtype=torch.float32)
         sampled = torch.multinomial(probs.view(-1, vocab), 1, generator=generator).view(batch_size, canvas_length)
-        confidence = probs.amax(dim=-1) if rec is not None else None
+        if rec is not None:  # for the record: entropy H = logsumexp(x) - sum(softmax(x) x) from the probabilities at
+            # hand (instead of a third Categorical), in float32, a row at a time
+            confidence = probs.amax(dim=-1)
+            entropy = torch.cat(
+                [
+                    torch.logsumexp(x.float(), dim=-1) - (p * x).sum(dim=-1)
+                    for x, p in zip(scaled.split(1), probs.split(1), strict=True)
+                ]
+            )
         del probs
         new_argmax = scaled.argmax(dim=-1)
         accepted_canvas, accepted = _accept_by_row(sampler, canvas, sampled, scaled, remaining)
@@ -145,7 +153,7 @@ def denoise(
         new_canvas = torch.where(accepted, accepted_canvas, noise)
         if rec is not None:
             rec.put(steps_run, remaining / options.steps, options, canvas, sampled, new_argmax, accepted, confidence,
-                    scaled)  # fmt: skip
+                    entropy)  # fmt: skip
         if stoppers is not None:
             if any_finished:  # rows that stopped earlier keep their result (as in generate())
                 new_argmax = torch.where(finished[:, None], argmax, new_argmax)
@@ -168,7 +176,7 @@ def _accept_by_row(
 
     Its ``Categorical(logits).entropy()`` makes about three temporaries of the logits' size (batch x canvas x
     vocabulary), which a row at a time are ``1 / batch`` as large. Acceptance is row-wise, so the result is the
-    whole batch's. The stopping rule and the record compute their entropies a row at a time for the same reason.
+    whole batch's. The stopping rule computes its entropy a row at a time for the same reason.
     """
     accepted_canvas, accepted = [], []
     for b in range(len(canvas)):
@@ -191,14 +199,14 @@ class _Recorder:
         self.confidence = torch.zeros(shape, dtype=torch.float16, device=device)
         self.entropy = torch.zeros(shape, dtype=torch.float16, device=device)
 
-    def put(self, i, fraction, options, canvas, sampled, argmax, accepted, confidence, scaled) -> None:
+    def put(self, i, fraction, options, canvas, sampled, argmax, accepted, confidence, entropy) -> None:
         self.temperature[i] = options.t_min + (options.t_max - options.t_min) * fraction
         self.canvas[i] = canvas
         self.sampled[i] = sampled
         self.argmax[i] = argmax
         self.accepted[i] = accepted
         self.confidence[i] = confidence
-        self.entropy[i] = torch.cat([torch.distributions.Categorical(logits=row).entropy() for row in scaled.split(1)])
+        self.entropy[i] = entropy
 
     def to_host(self, steps: int) -> list[StepTrace]:
         arrays = {

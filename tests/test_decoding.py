@@ -5,12 +5,13 @@ from __future__ import annotations
 import copy
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from conftest import with_pauses
 
 from asr import audio as A
-from asr.decoding import DenoiseOptions, ctc_collapse, denoise
+from asr.decoding import DenoiseOptions, ctc_collapse, denoise, eager_step
 from asr.loading import build_tiny
 
 
@@ -84,6 +85,26 @@ def test_record_is_consistent(stack):
         assert (trace.canvas[i + 1][kept] == trace.sampled[i][kept]).all()
     step = trace[2]
     assert step.index == 2 and len(step.argmax) == stack.canvas_length and isinstance(step.accepted[0], bool)
+
+
+def test_recorded_confidence_and_entropy_of_the_first_step(stack):
+    """Step 0's record against the decoder re-run on its input canvas, scaled by its temperature (t_max), with
+    transformers' own Categorical entropy: the record computes both its own way."""
+    batch, steps = 2, 4
+    cache, _, _, prompt_len = _prefilled(stack, batch, seed=11)
+    options = DenoiseOptions(steps=steps, t_min=0.005, t_max=0.01)  # sharp: the random tiny model is near uniform
+    result = denoise(stack.backbone, cache, prompt_len, batch, options, torch.Generator().manual_seed(5))
+    canvas = torch.as_tensor(np.stack([t.canvas[0] for t in result.trace])).long()
+    with torch.no_grad():
+        logits = eager_step(stack.backbone, cache, prompt_len, batch)(canvas, None)
+    scaled = logits / options.t_max
+    entropy = torch.distributions.Categorical(logits=scaled).entropy()
+    confidence = torch.softmax(scaled, dim=-1).amax(dim=-1)
+    for b, trace in enumerate(result.trace):
+        assert trace.temperature[0] == pytest.approx(options.t_max)
+        np.testing.assert_allclose(trace.entropy[0], entropy[b].numpy(), rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(trace.confidence[0], confidence[b].numpy(), rtol=2e-3, atol=1e-4)
+    assert entropy.std() > 0.1  # positions differ, so the comparison is not between constants
 
 
 def test_seed_reproducible_and_seeds_differ(stack):
