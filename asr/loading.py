@@ -59,7 +59,7 @@ def load(
 
     ``device="auto"`` picks CUDA when present; ``dtype`` defaults to bfloat16 on CUDA and float32 on CPU.
     """
-    from .pipeline import Pipeline
+    from .pipeline import Pipeline, cpu_bf16_default
 
     auto = device == "auto"
     device = resolve_device(device)
@@ -81,7 +81,10 @@ def load(
             if "tiny-random" in (model, backbone):
                 label += " (random weights: output is noise, for tests only)"
             speech = _to(speech, device, dtype).eval()
-            _cache[key] = Pipeline(speech, tokenizer, features, name=label, device=device)
+            bf16 = device == "cpu" and dtype == torch.float32 and small_model_folder(model) is not None
+            _cache[key] = Pipeline(
+                speech, tokenizer, features, name=label, device=device, cpu_bf16=bf16 and cpu_bf16_default()
+            )
         return _cache[key]
 
 

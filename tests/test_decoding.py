@@ -13,6 +13,7 @@ from conftest import with_pauses
 from asr import audio as A
 from asr.decoding import DenoiseOptions, ctc_collapse, denoise, eager_step
 from asr.loading import build_tiny
+from asr.pipeline import Pipeline
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +147,52 @@ def test_transcribe_ctc_is_the_greedy_ctc_head(tiny):
         best = logits.argmax(-1)[0].tolist()
         expected = [t for t, _ in itertools.groupby(best) if t != m.prompt.pad_id]
         assert seg.tokens == expected and seg.steps is None
+
+
+def test_same_canvas_as_generate_under_bf16_autocast(stack):
+    """What Pipeline(cpu_bf16=True) runs: prefill and denoising under CPU bfloat16 autocast give generate()'s canvas
+    under the same autocast."""
+    batch, steps, seed = 2, 6, 21
+    dtypes = set()
+    hook = stack.backbone.lm_head.register_forward_hook(lambda m, a, out: dtypes.add(out.dtype))
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cache, ref_cache, last_ids, prompt_len = _prefilled(stack, batch, seed=5)
+            options = DenoiseOptions(steps=steps)
+            ours = denoise(stack.backbone, cache, prompt_len, batch, options, torch.Generator().manual_seed(seed))
+            torch.manual_seed(seed)
+            ref = stack.backbone.generate(
+                input_ids=last_ids, past_key_values=ref_cache, max_new_tokens=stack.canvas_length,
+                max_denoising_steps=steps,
+            )  # fmt: skip
+    finally:
+        hook.remove()
+    assert dtypes == {torch.bfloat16}  # the autocast did reach the model
+    assert torch.equal(ours.tokens, ref.sequences[:, -stack.canvas_length :])
+    assert all(np.isfinite(t.entropy).all() for t in ours.trace)
+
+
+def test_pipeline_cpu_bf16_runs_the_models_in_bfloat16(tiny):
+    """cpu_bf16: the encoder and the decoder compute in bfloat16 (the log-mel features do not), the transcript and
+    its record come out as usual; it is refused off the CPU."""
+    bf16 = Pipeline(tiny.model, tiny.tokenizer, tiny.feature_extractor, name="bf16", device="cpu", cpu_bf16=True)
+    seen: dict[str, set] = {"whisper": set(), "decoder": set()}
+    hooks = [
+        tiny.model.whisper.layers[0].fc1.register_forward_hook(lambda m, a, out: seen["whisper"].add(out.dtype)),
+        tiny.model.backbone.lm_head.register_forward_hook(lambda m, a, out: seen["decoder"].add(out.dtype)),
+    ]
+    try:
+        wave = with_pauses([("speech", 4.0)], seed=2)
+        got = bf16.transcribe(wave, steps=3, seed=0)
+        assert seen == {"whisper": {torch.bfloat16}, "decoder": {torch.bfloat16}}
+        seen = {"whisper": set(), "decoder": set()}
+        tiny.transcribe(wave, steps=3, seed=0)
+        assert seen == {"whisper": {torch.float32}, "decoder": {torch.float32}}
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(got.segments) == 1 and len(got.segments[0].steps) == 3
+    assert np.isfinite(got.segments[0].steps.entropy).all()
+    assert "cpu_bf16=True" in repr(bf16)
+    with pytest.raises(ValueError, match="cpu_bf16"):
+        Pipeline(tiny.model, tiny.tokenizer, tiny.feature_extractor, name="x", device="cuda", cpu_bf16=True)
