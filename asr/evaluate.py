@@ -48,12 +48,21 @@ def read_manifest(path: str | Path, check_files: bool = True) -> list[Utterance]
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"no such manifest: {path}")
+    items = parse_manifest(path.read_text(encoding="utf-8").splitlines(), path, check_files)
+    if not items:
+        raise ManifestError(f"{path} lists no utterances")
+    return items
+
+
+def parse_manifest(lines: list[str], path: Path, check_files: bool = True) -> list[Utterance]:
+    """The utterances of ``lines`` of the manifest ``path`` (its suffix says JSONL or TSV; relative audio paths are
+    resolved against its folder), as :func:`read_manifest` reads them; none is not an error here."""
     base = path.parent
     items: list[Utterance] = []
     jsonl = path.suffix.lower() in (".jsonl", ".json", ".ndjson")
     audio_col, text_col = 0, 1
     first = True
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip() or line.startswith("#"):
             continue
         if jsonl:
@@ -78,8 +87,6 @@ def read_manifest(path: str | Path, check_files: bool = True) -> list[Utterance]
         if check_files and not audio_path.is_file():
             raise ManifestError(f"{path}:{number}: no such audio file {audio_path}")
         items.append(Utterance(audio_path, str(text).strip()))
-    if not items:
-        raise ManifestError(f"{path} lists no utterances")
     return items
 
 

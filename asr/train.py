@@ -53,7 +53,7 @@ from torch import nn
 
 from . import model as M
 from .decoding import decoder_inputs
-from .evaluate import Utterance, read_manifest
+from .evaluate import Utterance, parse_manifest, read_manifest
 from .loading import SMALL_MODEL_INFO, load_whisper, small_model_folder
 from .model import Projector, SpeechModel
 
@@ -98,6 +98,8 @@ class TrainConfig:
     cache_dir: str | None = None  # default OUT/frames; "memory": on the training device, no files
     time_budget: float | None = None  # seconds for the whole run: --steps is then set from the measured step time
     profile_steps: int = 0  # > 0: profile this many steps (after 2 warm-up steps) into OUT/profile.txt
+    prefetch: str | None = None  # a manifest still being written: its frames are computed while it grows...
+    wait_for: str | None = None  # ...until this file exists; then --manifest is read
     cache_dtype: str = "float16"
     device: str = "cpu"
     threads: int | None = None
@@ -377,16 +379,21 @@ class FrameCache:
 
 
 class MemoryFrameCache(FrameCache):
-    """The same outputs kept in one tensor on the encoder's device instead of files (``--cache-dir memory``): for a
-    GPU with room for every clip (frames x d_model float16 each: 1.15 MB per clip for whisper tiny.en)."""
+    """The same outputs kept in tensors on the encoder's device instead of files (``--cache-dir memory``): for a
+    GPU with room for every clip (frames x d_model float16 each: 1.15 MB per clip for whisper tiny.en). Stored in
+    blocks of ``block`` clips, so that the store grows (clips arriving a few hundred at a time, ``--prefetch``)
+    without ever copying itself."""
 
-    def __init__(self, speech: SpeechModel, feature_extractor, dtype: str = "float16", batch_size: int = 128):
+    def __init__(
+        self, speech: SpeechModel, feature_extractor, dtype: str = "float16", batch_size: int = 128, block: int = 1024
+    ):
         self.speech = speech
         self.features = feature_extractor
         self.dtype = getattr(torch, dtype)
         self.batch_size = batch_size
+        self.block = block
         self.rows: dict[Path, int] = {}
-        self.store: torch.Tensor | None = None
+        self.blocks: list[torch.Tensor] = []
 
     def ensure(self, examples: list[Example], batch_size: int | None = None, progress: bool = True) -> int:
         todo = list(dict.fromkeys(e.audio for e in examples if e.audio not in self.rows))
@@ -399,22 +406,68 @@ class MemoryFrameCache(FrameCache):
         for i in range(0, len(todo), size):
             chunk = todo[i : i + size]
             frames = self.encode(chunk).to(self.dtype)
-            if self.store is None:
-                capacity = len(todo)
-                self.store = torch.empty((capacity, *frames.shape[1:]), dtype=self.dtype, device=frames.device)
-            elif len(self.rows) + len(chunk) > len(self.store):
-                extra = torch.empty((len(todo), *self.store.shape[1:]), dtype=self.dtype, device=self.store.device)
-                self.store = torch.cat([self.store, extra])
-            start = len(self.rows)
-            self.store[start : start + len(chunk)] = frames
-            self.rows.update({a: start + j for j, a in enumerate(chunk)})
+            for audio, row in zip(chunk, frames, strict=True):
+                b, j = divmod(len(self.rows), self.block)
+                if b == len(self.blocks):
+                    shape = (self.block, *frames.shape[1:])
+                    self.blocks.append(torch.empty(shape, dtype=self.dtype, device=frames.device))
+                self.blocks[b][j] = row
+                self.rows[audio] = b * self.block + j
             bar.update(len(chunk))
         bar.close()
         return len(todo)
 
     def load(self, examples: list[Example]) -> torch.Tensor:
         self.ensure(examples, progress=False)
-        return self.store[torch.tensor([self.rows[e.audio] for e in examples], device=self.store.device)].float()
+        device = self.blocks[0].device
+        out = torch.empty((len(examples), *self.blocks[0].shape[1:]), dtype=self.dtype, device=device)
+        by_block: dict[int, list[tuple[int, int]]] = {}
+        for k, e in enumerate(examples):
+            b, j = divmod(self.rows[e.audio], self.block)
+            by_block.setdefault(b, []).append((k, j))
+        for b, pairs in by_block.items():
+            where, rows = (torch.tensor(col, device=device) for col in zip(*pairs, strict=True))
+            out[where] = self.blocks[b][rows]
+        return out.float()
+
+
+def prefetch_frames(
+    cache: FrameCache,
+    manifest: Path,
+    done: Path,
+    tokenizer,
+    canvas_length: int,
+    max_seconds: float,
+    deadline: float | None = None,
+    poll: float = 1.0,
+    progress: bool = True,
+) -> int:
+    """Compute the whisper outputs of a manifest that another process is still writing (``train/make_data.py``
+    appends a row as each clip is made), until the file ``done`` exists. Returns the clips computed.
+
+    Frames are then ready when the data is, instead of starting after it. Only complete lines are read (a row is
+    final once its newline is written); rows whose audio is not there yet wait for the next look. ``deadline``
+    (``time.perf_counter()`` value): give up waiting with ``SystemExit`` (the data never finished)."""
+    computed = 0
+    seen: set[Path] = set()
+    while True:
+        finished = done.exists()  # checked before reading, so that a last look sees every row
+        text = manifest.read_text(encoding="utf-8") if manifest.is_file() else ""
+        lines = text[: text.rfind("\n") + 1].splitlines()
+        utterances = parse_manifest(lines, manifest, check_files=False)
+        new = [u for u in utterances if u.audio not in seen and u.audio.is_file()]
+        if new:
+            examples, _ = prepare_examples(new, tokenizer, canvas_length, max_seconds)
+            computed += cache.ensure(examples, progress=False)
+            seen.update(u.audio for u in new)
+            if progress:
+                print(f"prefetch: frames of {len(seen)} clips of {manifest}", file=sys.stderr)
+        if finished:
+            return computed
+        if deadline is not None and time.perf_counter() > deadline:
+            raise SystemExit(f"gave up waiting for {done}: the data was not ready within the time budget")
+        if not new:
+            time.sleep(poll)
 
 
 @dataclass
@@ -716,7 +769,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
         }
         default = TrainConfig()
         changed = {k: getattr(cfg, k) for k in keep if getattr(cfg, k) != getattr(default, k)}
-        cfg = dataclasses.replace(saved, steps=cfg.steps, **changed)
+        # the data of this call, not of the saved one
+        cfg = dataclasses.replace(saved, steps=cfg.steps, prefetch=cfg.prefetch, wait_for=cfg.wait_for, **changed)
     cfg = continue_settings(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -727,14 +781,21 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
     speech, tokenizer, features = build_model(cfg)
     speech.to(cfg.device)
     params = trainable_parameters(speech, cfg.train)
-    utterances = read_manifest(cfg.manifest)
-    examples, dropped = prepare_examples(utterances, tokenizer, speech.canvas_length, cfg.max_seconds)
-    if not examples:
-        raise SystemExit(f"no usable clips in {cfg.manifest} (all {dropped} too long for the canvas or the window)")
     if cfg.cache_dir == "memory":
         cache = MemoryFrameCache(speech, features, cfg.cache_dtype)
     else:
         cache = FrameCache(cfg.cache_dir or out / "frames", speech, features, cfg.cache_dtype)
+    if cfg.prefetch:  # the data is still being made: frames of its clips as they come, until cfg.wait_for exists
+        deadline = run_started + cfg.time_budget if cfg.time_budget else None
+        t = time.perf_counter()
+        early = prefetch_frames(cache, Path(cfg.prefetch), Path(cfg.wait_for), tokenizer, speech.canvas_length,
+                                cfg.max_seconds, deadline, progress=progress)  # fmt: skip
+        print(f"prefetch: whisper frames of {early} clips while the data was made ({time.perf_counter() - t:.0f} s "
+              f"until {cfg.wait_for})", file=sys.stderr)  # fmt: skip
+    utterances = read_manifest(cfg.manifest)
+    examples, dropped = prepare_examples(utterances, tokenizer, speech.canvas_length, cfg.max_seconds)
+    if not examples:
+        raise SystemExit(f"no usable clips in {cfg.manifest} (all {dropped} too long for the canvas or the window)")
     cache.ensure(examples, progress=progress)
 
     decay = [p for n, p in params.items() if p.ndim >= 2]
@@ -869,6 +930,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (its settings win)")
     p.add_argument("--profile-steps", type=int, default=0, help="profile this many steps (after 2 warm-up steps) "
                    "with torch.profiler into OUT/profile.txt")  # fmt: skip
+    p.add_argument("--prefetch", help="a manifest another process is still writing (train/make_data.py appends a "
+                   "row per finished clip): compute its clips' whisper frames as they come, until --wait-for exists, "
+                   "then read --manifest (its clips' frames mostly done)")  # fmt: skip
+    p.add_argument("--wait-for", help="with --prefetch: the file whose existence says the data is complete")
     p.add_argument("--time-budget", type=float, help="seconds for the whole run (model, frames, steps): --steps is "
                    "set from the step time measured after 25 steps (the LR schedule follows it)")  # fmt: skip
     for name in ("batch_size", "lr", "warmup", "weight_decay", "grad_clip", "w_diffusion", "w_ar", "w_ctc",
@@ -892,6 +957,8 @@ def main(argv: list[str] | None = None) -> int:
     if args["train"] is None:
         small = args["model"] == "small" or small_model_folder(args["model"]) is not None
         args["train"] = "all" if small else "projector+lora"
+    if bool(args["prefetch"]) != bool(args["wait_for"]):
+        parser().error("--prefetch and --wait-for go together")
     cfg = continue_settings(TrainConfig(**args))
     result = train(cfg, resume=resume, progress=not quiet)
     last = result.history[-1] if result.history else {}

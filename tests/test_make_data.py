@@ -65,3 +65,25 @@ def test_make_clip_with_the_library(tmp_path, monkeypatch):
     assert rate == md.SAMPLE_RATE and meta["seconds"] == pytest.approx(len(audio) / rate, abs=1e-3)
     assert meta["text"] == job.text and meta["speaker"] == "espeak:en-us+m1"
     assert 0.5 < meta["seconds"] < 5 and np.abs(audio).max() > 0.01
+
+
+@needs_library
+def test_rows_are_written_as_clips_finish(tmp_path, monkeypatch):
+    """Each clip's manifest row is in train.tsv before the next clip is made (what asr.train --prefetch reads)."""
+    monkeypatch.setenv("MAKE_DATA_ESPEAK", "library")
+    voice = md.Voice("espeak", "en-us+m1", 1.0, 50)
+    jobs = [md.Job(i, "train", f"sentence number {i}.", voice, 7, f"clips/train/{i:06d}.flac") for i in range(3)]
+    rows = [f"clips/train/{i:06d}.flac\tsentence number {i}.\n" for i in range(3)]
+    seen: list[str] = []
+    make = md._run
+
+    def spy(args):
+        seen.append((tmp_path / "train.tsv").read_text(encoding="utf-8"))
+        return make(args)
+
+    monkeypatch.setattr(md, "_run", spy)
+    results = md._synthesise([(job, str(tmp_path)) for job in jobs], 1, tmp_path)
+    assert [r["audio"] for r in results] == [job.out for job in jobs]
+    assert seen == ["", rows[0], rows[0] + rows[1]]
+    assert (tmp_path / "train.tsv").read_text(encoding="utf-8") == "".join(rows)
+    assert (tmp_path / "test.tsv").read_text(encoding="utf-8") == ""

@@ -237,3 +237,49 @@ def test_training_continues_from_an_exported_model(manifest, tmp_path):
         torch.testing.assert_close(tensor, params[name], rtol=0, atol=0, msg=name)
     again = json.loads((tmp_path / "b" / "model" / "speech.json").read_text())
     assert again["whisper"] == "tiny-random" and again["canvas_length"] == 16
+
+
+def test_prefetch_computes_frames_while_the_manifest_grows(manifest, tmp_path):
+    """--prefetch/--wait-for: frames of the rows written so far are computed before the data is complete (a half
+    written last line is left for later); then training reads --manifest, with every clip's frames cached."""
+    import threading
+    import time
+
+    growing, done, frames = tmp_path / "growing.tsv", tmp_path / "data.done", tmp_path / "frames"
+    final = tmp_path / "train.tsv"
+    rows = manifest.read_text(encoding="utf-8").splitlines(keepends=True)
+    absolute = [str(manifest.parent / r) for r in rows]  # another folder than the clips: absolute paths
+    growing.write_text("", encoding="utf-8")
+    log: list[str] = []
+
+    def make_data():
+        with open(growing, "a", encoding="utf-8") as f:
+            f.write("".join(absolute[:2]) + absolute[2][:7])  # two rows and the start of a third
+            f.flush()
+            until = time.monotonic() + 30
+            while len(list(frames.rglob("*.npy"))) < 2 and time.monotonic() < until:
+                time.sleep(0.05)
+            log.append(f"{len(list(frames.rglob('*.npy')))} frames before the data was complete")
+            f.write(absolute[2][7:] + absolute[3])
+        final.write_text("".join(absolute), encoding="utf-8")  # the training manifest exists only now
+        done.touch()
+
+    writer = threading.Thread(target=make_data)
+    writer.start()
+    cfg = T.TrainConfig(manifest=str(final), out=str(tmp_path / "run"), model="tiny-random", steps=1,
+                        batch_size=2, warmup=0, cache_dir=str(frames), prefetch=str(growing),
+                        wait_for=str(done))  # fmt: skip
+    result = T.train(cfg, progress=False)
+    writer.join()
+    assert log == ["2 frames before the data was complete"]
+    assert result.step == 1 and len(list(frames.rglob("*.npy"))) == len(rows)
+
+
+def test_prefetch_gives_up_when_the_data_never_completes(manifest, tmp_path):
+    cfg = T.TrainConfig(manifest=str(manifest), out=str(tmp_path / "run"), model="tiny-random", steps=1,
+                        cache_dir="memory", prefetch=str(manifest), wait_for=str(tmp_path / "never"),
+                        time_budget=0.5)  # fmt: skip
+    with pytest.raises(SystemExit, match="gave up waiting"):
+        T.train(cfg, progress=False)
+    with pytest.raises(SystemExit):  # the command line wants both options
+        T.main(["--manifest", str(manifest), "--out", str(tmp_path / "x"), "--prefetch", str(manifest)])

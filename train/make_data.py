@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 SAMPLE_RATE = 16_000
+SPLITS = ("train", "test")
 ESPEAK_ACCENTS = [
     "en",
     "en-us",
@@ -575,6 +576,30 @@ def read_jobs(path: Path) -> tuple[list[Job], dict]:
     return jobs, info
 
 
+def _synthesise(work: list[tuple[Job, str]], workers: int, out: Path) -> list[dict | None]:
+    """Make every clip (in job order); each finished clip's row is appended to ``OUT/train.tsv`` or ``test.tsv`` at
+    once, so that a trainer can start on the clips made so far (``asr.train --prefetch``)."""
+    import contextlib
+
+    from tqdm import tqdm
+
+    results: list[dict | None] = []
+    with contextlib.ExitStack() as stack:
+        files = {split: stack.enter_context(open(out / f"{split}.tsv", "w", encoding="utf-8")) for split in SPLITS}
+        if workers > 1:
+            import multiprocessing as mp
+
+            made = stack.enter_context(mp.get_context("spawn").Pool(workers)).imap(_run, work, chunksize=4)
+        else:
+            made = map(_run, work)
+        for r in tqdm(made, total=len(work), desc="clips", unit="clip"):
+            results.append(r)
+            if r:
+                files[r["split"]].write(f"{r['audio']}\t{r['text']}\n")  # one write per row: a whole line
+                files[r["split"]].flush()
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -602,20 +627,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"engines {info['engines']}; sentences {info['sentences']}; {len(jobs)} clips", file=sys.stderr)
-    from tqdm import tqdm
-
-    results: list[dict | None]
     work = [(job, str(args.out)) for job in jobs]
-    if args.workers > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(args.workers) as pool:
-            results = list(tqdm(pool.imap(_run, work, chunksize=4), total=len(work), desc="clips", unit="clip"))
-    else:
-        results = [_run(w) for w in tqdm(work, desc="clips", unit="clip")]
-    for split in ("train", "test"):
+    results = _synthesise(work, args.workers, args.out)
+    for split in SPLITS:
         rows = [r for r in results if r and r["split"] == split]
-        (args.out / f"{split}.tsv").write_text("".join(f"{r['audio']}\t{r['text']}\n" for r in rows), encoding="utf-8")
         with open(args.out / f"{split}.meta.jsonl", "w", encoding="utf-8") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
