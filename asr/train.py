@@ -858,9 +858,21 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
         pick = torch.randint(0, len(examples), (cfg.batch_size,), generator=generator).tolist()
         chosen = [examples[i] for i in pick]
         batch = make_batch(chosen, speech.prompt, speech.canvas_length, cfg.pad_weight)
-        losses = compute_losses(speech, cache.load(chosen), batch, cfg, generator)
         optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
+        try:
+            losses = compute_losses(speech, cache.load(chosen), batch, cfg, generator)
+            losses["total"].backward()
+        except torch.OutOfMemoryError:
+            # The first steps show whether a batch fits: halve it then (rather than lose the run), not later.
+            if step >= first_step + 5 or cfg.batch_size < 2:
+                raise
+            losses = None
+            optimizer.zero_grad(set_to_none=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size // 2)
+            print(f"\nout of memory at step {step + 1}: batch size now {cfg.batch_size}", file=sys.stderr)
+            continue
         grad_norm = torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip or float("inf"))
         optimizer.step()
         step += 1

@@ -283,3 +283,39 @@ def test_prefetch_gives_up_when_the_data_never_completes(manifest, tmp_path):
         T.train(cfg, progress=False)
     with pytest.raises(SystemExit):  # the command line wants both options
         T.main(["--manifest", str(manifest), "--out", str(tmp_path / "x"), "--prefetch", str(manifest)])
+
+
+def test_out_of_memory_in_the_first_steps_halves_the_batch(manifest, tmp_path, monkeypatch, capsys):
+    """A batch that does not fit (here: more than 2 clips, by fault injection) is halved in the first steps instead
+    of ending the run; the checkpoint keeps the batch size that fitted. Later, out of memory is an error."""
+    real = T.compute_losses
+    calls: list[int] = []
+
+    def tight(speech, frames, batch, cfg, generator):
+        calls.append(len(frames))
+        if len(frames) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(speech, frames, batch, cfg, generator)
+
+    monkeypatch.setattr(T, "compute_losses", tight)
+    cfg = T.TrainConfig(manifest=str(manifest), out=str(tmp_path / "run"), model="tiny-random", steps=3,
+                        batch_size=8, warmup=0, cache_dir="memory")  # fmt: skip
+    result = T.train(cfg, progress=False)
+    assert result.step == 3 and calls == [8, 4, 2, 2, 2]
+    assert T.read_checkpoint(tmp_path / "run" / T.CHECKPOINT)["config"]["batch_size"] == 2
+    assert "batch size now 2" in capsys.readouterr().err
+    calls.clear()
+
+    def late(speech, frames, batch, cfg, generator):
+        calls.append(len(frames))
+        if len(calls) == 7:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(speech, frames, batch, cfg, generator)
+
+    monkeypatch.setattr(T, "compute_losses", late)
+    with pytest.raises(torch.OutOfMemoryError):  # at step 7 the batch has long been known to fit
+        T.train(dataclasses.replace(cfg, out=str(tmp_path / "late"), steps=10, batch_size=2), progress=False)
+    assert calls == [2] * 7
+    monkeypatch.setattr(T, "compute_losses", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("always")))
+    with pytest.raises(torch.OutOfMemoryError):  # batch 1 cannot be halved
+        T.train(dataclasses.replace(cfg, out=str(tmp_path / "one"), batch_size=1), progress=False)
