@@ -319,3 +319,26 @@ def test_out_of_memory_in_the_first_steps_halves_the_batch(manifest, tmp_path, m
     monkeypatch.setattr(T, "compute_losses", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("always")))
     with pytest.raises(torch.OutOfMemoryError):  # batch 1 cannot be halved
         T.train(dataclasses.replace(cfg, out=str(tmp_path / "one"), batch_size=1), progress=False)
+
+
+def test_compiled_losses_train_like_eager_and_a_failed_compile_falls_back(manifest, tmp_path, capsys):
+    """--compile: the losses through torch.compile (aot_eager: the traced forward and backward graphs, without
+    inductor's slow code generation) give eager's numbers; a backend that fails leaves training eager, not dead."""
+    from torch._dynamo import register_backend
+    from torch._dynamo.utils import counters
+
+    cfg = T.TrainConfig(manifest=str(manifest), out=str(tmp_path / "eager"), model="tiny-random", steps=3,
+                        batch_size=2, warmup=0, cache_dir="memory")  # fmt: skip
+    eager = [row["total"] for row in T.train(cfg, progress=False).history]
+    counters.clear()
+    compiled = T.train(dataclasses.replace(cfg, out=str(tmp_path / "c"), compile="aot_eager"), progress=False)
+    assert counters["stats"]["unique_graphs"] > 0  # it did go through dynamo
+    np.testing.assert_allclose([row["total"] for row in compiled.history], eager, rtol=1e-5)
+
+    @register_backend(name="asr_test_broken")
+    def broken(gm, example_inputs):
+        raise RuntimeError("this backend cannot compile")
+
+    fallback = T.train(dataclasses.replace(cfg, out=str(tmp_path / "f"), compile="asr_test_broken"), progress=False)
+    assert fallback.step == 3 and "--compile asr_test_broken failed at step 1" in capsys.readouterr().err
+    assert np.isfinite([row["total"] for row in fallback.history]).all()
