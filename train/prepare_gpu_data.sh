@@ -40,6 +40,7 @@ carried=$(du -sb .whl .data | awk '{s += $1} END {print s}')
 total=$((tracked + carried))
 echo "tracked $((tracked / 1048576)) MiB + .whl/.data $((carried / 1048576)) MiB = $((total / 1048576)) MiB (limit 64)"
 if [ "$total" -gt $((64 * 1048576)) ]; then
-    echo "over the device tool's 64 MiB: leave out .data/extra or .data/init" >&2
+    echo "over the device tool's 64 MiB: leave out .data/extra or .data/init (with .data/init and no .data/extra:" \
+        "also move .whl/peft-*.whl out of the tree for a training-only call; training the small model needs no peft)" >&2
     exit 1
 fi
