@@ -24,7 +24,7 @@ ProgressFn = Callable[[float, str], None]
 def cpu_bf16_default() -> bool:
     """Whether :func:`asr.load` runs a small model on the CPU in bfloat16: where the CPU has native bfloat16
     arithmetic (AVX512-BF16 or AMX) and ``ASR_CPU_BF16`` is not ``0``. On this project's 2-core CPU it takes the
-    small model from RTFx 9.8 to 12.0 at 8 steps with the same WER (train/results/cpu-bf16.md)."""
+    small model from RTFx 10.8 to 12.1 at 8 steps with the same WER (train/results/cpu-bf16.md)."""
     if os.environ.get("ASR_CPU_BF16", "1") == "0":
         return False
     try:  # a private but long-standing torch op (oneDNN's own check of the CPU's bfloat16 support)

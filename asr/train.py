@@ -449,20 +449,23 @@ def prefetch_frames(
     Frames are then ready when the data is, instead of starting after it. Only complete lines are read (a row is
     final once its newline is written); rows whose audio is not there yet wait for the next look. ``deadline``
     (``time.perf_counter()`` value): give up waiting with ``SystemExit`` (the data never finished)."""
-    computed = 0
-    seen: set[Path] = set()
+    computed, read, seen = 0, 0, 0  # clips computed; characters of the manifest parsed; rows handled
+    waiting: list[Utterance] = []  # rows whose audio file is not there yet
     while True:
         finished = done.exists()  # checked before reading, so that a last look sees every row
         text = manifest.read_text(encoding="utf-8") if manifest.is_file() else ""
-        lines = text[: text.rfind("\n") + 1].splitlines()
-        utterances = parse_manifest(lines, manifest, check_files=False)
-        new = [u for u in utterances if u.audio not in seen and u.audio.is_file()]
+        end = text.rfind("\n") + 1  # complete lines only
+        waiting += parse_manifest(text[read:end].splitlines(), manifest, check_files=False)
+        read = max(read, end)
+        there = [u.audio.is_file() for u in waiting]
+        new = [u for u, ok in zip(waiting, there, strict=True) if ok]
+        waiting = [u for u, ok in zip(waiting, there, strict=True) if not ok]
         if new:
             examples, _ = prepare_examples(new, tokenizer, canvas_length, max_seconds)
             computed += cache.ensure(examples, progress=False)
-            seen.update(u.audio for u in new)
+            seen += len(new)
             if progress:
-                print(f"prefetch: frames of {len(seen)} clips of {manifest}", file=sys.stderr)
+                print(f"prefetch: frames of {seen} clips of {manifest}", file=sys.stderr)
         if finished:
             return computed
         if deadline is not None and time.perf_counter() > deadline:
