@@ -7,7 +7,8 @@ The three losses of the published recipe, on one batch of clips (B clips, canvas
 
 - **diffusion** (uniform-noise denoising): the clean canvas is the transcript's token ids, then EOS, padded with
   the pad id to C (exactly what inference turns back into text). A fraction gamma ~ U(0, 1] of its positions (per
-  clip) is replaced by uniform-random vocabulary ids, as at inference where the canvas starts as uniform noise. The
+  clip; ``--gamma-power`` > 1 draws it closer to 1) is replaced by uniform-random vocabulary ids, as at inference
+  where the canvas starts as uniform noise. The
   decoder denoises it over the prompt KV cache (built with ``SpeechModel.prompt_embeddings``/``prefill``, with
   gradients) and is trained with cross-entropy against the clean canvas at every position (pad positions weighted
   by ``--pad-weight``). Self-conditioning: for each clip with probability 0.5 a first, no-gradient pass's logits,
@@ -86,6 +87,7 @@ class TrainConfig:
     w_ar: float = 0.5
     w_ctc: float = 0.5
     pad_weight: float = 1.0
+    gamma_power: float = 1.0  # noise levels: 1 uniform, > 1 denser near the all-noise canvas (see noise_levels)
     self_conditioning: float = 0.5
     sc_t_min: float = 0.4
     sc_t_max: float = 0.8
@@ -544,6 +546,14 @@ class _Capture:
         self.handle.remove()
 
 
+def noise_levels(batch_size: int, generator: torch.Generator, power: float = 1.0) -> torch.Tensor:
+    """Per-clip corruption fractions gamma in (0, 1]: ``(1 - u) ** (1 / power)`` for u ~ U[0, 1), i.e. uniform for
+    ``power`` 1 and denser near 1 (the all-noise canvas every inference starts from) above it: density
+    ``power * g ** (power - 1)``, mean ``power / (power + 1)``. The same random draws for every power."""
+    gamma = 1.0 - torch.rand(batch_size, generator=generator)
+    return gamma if power == 1.0 else gamma ** (1.0 / power)
+
+
 def compute_losses(
     speech: SpeechModel,
     frames: torch.Tensor,
@@ -569,7 +579,7 @@ def compute_losses(
         cache = speech.prefill(embeds)
 
         # (a) uniform-diffusion denoising
-        gamma = 1.0 - torch.rand(B, generator=generator)  # (0, 1]
+        gamma = noise_levels(B, generator, cfg.gamma_power)
         corrupt = torch.rand(B, C, generator=generator) < gamma[:, None]
         noise = torch.randint(0, vocab, (B, C), generator=generator)
         noisy = torch.where(corrupt.to(device), noise.to(device), canvas)
@@ -968,7 +978,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, help="seconds for the whole run (model, frames, steps): --steps is "
                    "set from the step time measured after 25 steps (the LR schedule follows it)")  # fmt: skip
     for name in ("batch_size", "lr", "warmup", "weight_decay", "grad_clip", "w_diffusion", "w_ar", "w_ctc",
-                 "pad_weight", "self_conditioning", "lora_rank", "lora_alpha", "canvas_length", "seed",
+                 "pad_weight", "gamma_power", "self_conditioning", "lora_rank", "lora_alpha", "canvas_length", "seed",
                  "save_every", "log_every", "threads", "hidden", "layers", "heads", "experts", "projector_hidden",
                  "eval_every", "eval_count", "eval_steps", "max_seconds", "min_lr_ratio"):  # fmt: skip
         kind = {int: int, float: float}.get(type(getattr(d, name)), int)

@@ -342,3 +342,14 @@ def test_compiled_losses_train_like_eager_and_a_failed_compile_falls_back(manife
     fallback = T.train(dataclasses.replace(cfg, out=str(tmp_path / "f"), compile="asr_test_broken"), progress=False)
     assert fallback.step == 3 and "--compile asr_test_broken failed at step 1" in capsys.readouterr().err
     assert np.isfinite([row["total"] for row in fallback.history]).all()
+
+
+def test_noise_levels_uniform_or_skewed_towards_all_noise():
+    """gamma = (1 - u) ** (1 / power): power 1 is the recipe's uniform (0, 1]; the mean of U ** (1 / p) is
+    p / (p + 1), and every power uses the same draws (so runs that differ only in it see the same noise otherwise)."""
+    draws = 1.0 - torch.rand(20_000, generator=torch.Generator().manual_seed(3))
+    uniform = T.noise_levels(20_000, torch.Generator().manual_seed(3))
+    assert torch.equal(uniform, draws) and 0 < float(uniform.min()) and float(uniform.max()) <= 1
+    skewed = T.noise_levels(20_000, torch.Generator().manual_seed(3), power=3.0)
+    assert float(skewed.mean()) == pytest.approx(3 / 4, abs=0.01)
+    assert (skewed >= uniform).all() and float((skewed > 0.9).float().mean()) == pytest.approx(1 - 0.9**3, abs=0.01)
