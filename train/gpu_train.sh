@@ -27,7 +27,7 @@
 # GPU with >= 120 GB, else 192) and LR (default 2e-3) set them. Memory: the frames of 41.5 k clips take 48 GB on the
 # GPU, a step ~0.12 GB per clip of the batch (peak RSS of a CPU step: +1.0 GB at batch 8, +3.9 GB at 32), so 384
 # needs ~95 GB (an H200) and 192 ~71 GB (an 80 GB H100). DEVICE (default cuda) and SKIP_INSTALL=1 let the same script
-# run on a CPU for a dry run with a small JOBS list. PAD_WEIGHT (default 0.1: padding is ~80 % of the canvas; on 64 memorised clips 0.1
+# run on a CPU for a dry run with a small JOBS list (tests/test_gpu_train.py does, with TOKENIZER=byte). PAD_WEIGHT (default 0.1: padding is ~80 % of the canvas; on 64 memorised clips 0.1
 # learned the transcript positions faster than 1.0, train/results/small-gpu1/diagnosis.md). TRAIN_ARGS adds
 # options, e.g. "--model .data/init" to continue from an exported model, "--profile-steps 5".
 set -uo pipefail
@@ -74,7 +74,7 @@ train)
     # training starts when the data phase has written $SYNTH.rc (after the manifest).
     # shellcheck disable=SC2086  # TRAIN_ARGS is a list of extra options
     python3 -m asr.train --manifest "$MANIFEST" --prefetch "$SYNTH/train.tsv" --wait-for "$SYNTH.rc" --out "$RUN" \
-        --model small --tokenizer .data/tokenizer --canvas-length 160 --device "${DEVICE:-cuda}" --cache-dir memory \
+        --model small --tokenizer "${TOKENIZER:-.data/tokenizer}" --canvas-length 160 --device "${DEVICE:-cuda}" --cache-dir memory \
         --batch-size "${BATCH:-$(default_batch)}" --lr "${LR:-2e-3}" --warmup 100 --pad-weight "${PAD_WEIGHT:-0.1}" \
         --save-every 500 --log-every 10 --time-budget "$budget" --quiet ${TRAIN_ARGS:-} 2>&1 | tee "$RUN.stdout"
     rc=${PIPESTATUS[0]}

@@ -1,0 +1,42 @@
+"""train/gpu_train.sh, the GPU machine's one training call, run here on the CPU with four clips: the data phase
+makes the clips and the manifest, training prefetches their whisper frames, trains and returns the two tar files."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("make_data", ROOT / "train" / "make_data.py")
+md = importlib.util.module_from_spec(_spec)
+sys.modules["make_data"] = md
+_spec.loader.exec_module(md)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("espeakng_loader") is None, reason="espeakng-loader is not installed")
+def test_gpu_train_run_on_the_cpu(tmp_path):
+    voice = md.Voice("espeak", "en-us+m1", 1.0, 50)
+    jobs = [md.Job(i, "train", f"short sentence {i}.", voice, 7, f"clips/train/{i:06d}.flac") for i in range(4)]
+    md.write_jobs(tmp_path / "jobs.jsonl.gz", jobs, {"engines": ["espeak"], "sentences": 4, "seed": 7})
+    env = dict(os.environ, SKIP_INSTALL="1", DEVICE="cpu", TOKENIZER="byte", BATCH="2", EXTRA=str(tmp_path / "none"),
+               JOBS=str(tmp_path / "jobs.jsonl.gz"), SYNTH=str(tmp_path / "synth"), RUN=str(tmp_path / "run"),
+               OUT=str(tmp_path / "out"), MANIFEST=str(tmp_path / "train.tsv"), MAKE_DATA_ESPEAK="library",
+               DEADLINE=str(int(time.time()) + 240), TRAIN_ARGS="--steps 3 --threads 1")  # fmt: skip
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    done = subprocess.run(["bash", "train/gpu_train.sh", "run"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-3000:]
+    assert "prefetch: whisper frames of" in log and "make_data exit status 0; manifest: 4 rows" in log
+    assert "step 3:" in log and "asr.train exit status 0" in log
+    with tarfile.open(tmp_path / "out" / "small-backbone.tar") as tar:
+        assert {"backbone/config.json", "backbone/model.safetensors"} <= set(tar.getnames())
+    with tarfile.open(tmp_path / "out" / "small-rest.tar") as tar:
+        assert {"./speech.json", "./projector.safetensors", "./log.jsonl"} <= set(tar.getnames())
