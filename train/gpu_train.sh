@@ -31,6 +31,7 @@
 # learned the transcript positions faster than 1.0, train/results/small-gpu1/diagnosis.md). TRAIN_ARGS adds
 # options, e.g. "--model .data/init" to continue from an exported model, "--profile-steps 5".
 set -uo pipefail
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"  # for the run phase's calls of the other phases
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/train-out}
 mkdir -p "$OUT"
@@ -92,10 +93,10 @@ train)
     ;;
 run)  # all of it, training only: install, then data in the background and training at once
     T0=${T0:-$(date +%s)}
-    if [ -z "${SKIP_INSTALL:-}" ]; then bash "$0" install || exit 1; fi
+    if [ -z "${SKIP_INSTALL:-}" ]; then bash "$SELF" install || exit 1; fi
     rm -f "$SYNTH.rc" "$MANIFEST"  # a previous call's data on a warm machine is not this call's
-    (bash "$0" data &)
-    DEADLINE=${DEADLINE:-$((T0 + 570))} bash "$0" train
+    (bash "$SELF" data &)
+    DEADLINE=${DEADLINE:-$((T0 + 570))} bash "$SELF" train
     ;;
 *)
     echo "usage: $0 install|data|train|run" >&2
