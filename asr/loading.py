@@ -63,8 +63,9 @@ def load(
 
     auto = device == "auto"
     device = resolve_device(device)
+    small = small_model_folder(model) is not None
     if auto and device == "cpu" and model != "tiny-random" and backbone != "tiny-random":
-        if small_model_folder(model) is None:
+        if not small:
             _fetch(model, ADAPTER_FILE, None, gated=True, download=False)  # a bad local path is the first problem
             raise ModelLoadError(
                 f"{model} runs on the 26 B-parameter {backbone} backbone, which needs ~52 GB of GPU memory (bf16), "
@@ -76,15 +77,13 @@ def load(
         if key not in _cache:
             speech, tokenizer, features = build(model, device, dtype, backbone, whisper, canvas_length, lora_alpha)
             label = model
-            if small_model_folder(model) is not None:
+            if small:
                 label += " (small model trained by this project)"
             if "tiny-random" in (model, backbone):
                 label += " (random weights: output is noise, for tests only)"
             speech = _to(speech, device, dtype).eval()
-            bf16 = device == "cpu" and dtype == torch.float32 and small_model_folder(model) is not None
-            _cache[key] = Pipeline(
-                speech, tokenizer, features, name=label, device=device, cpu_bf16=bf16 and cpu_bf16_default()
-            )
+            bf16 = small and device == "cpu" and dtype == torch.float32 and cpu_bf16_default()
+            _cache[key] = Pipeline(speech, tokenizer, features, name=label, device=device, cpu_bf16=bf16)
         return _cache[key]
 
 

@@ -8,12 +8,11 @@ The three losses of the published recipe, on one batch of clips (B clips, canvas
 - **diffusion** (uniform-noise denoising): the clean canvas is the transcript's token ids, then EOS, padded with
   the pad id to C (exactly what inference turns back into text). A fraction gamma ~ U(0, 1] of its positions (per
   clip; ``--gamma-power`` > 1 draws it closer to 1) is replaced by uniform-random vocabulary ids, as at inference
-  where the canvas starts as uniform noise. The
-  decoder denoises it over the prompt KV cache (built with ``SpeechModel.prompt_embeddings``/``prefill``, with
-  gradients) and is trained with cross-entropy against the clean canvas at every position (pad positions weighted
-  by ``--pad-weight``). Self-conditioning: for each clip with probability 0.5 a first, no-gradient pass's logits,
-  divided by a temperature drawn from the sampler's range (0.4-0.8, as inference feeds them), are passed as
-  ``self_conditioning_logits``.
+  where the canvas starts as uniform noise. The decoder denoises it over the prompt KV cache (built with
+  ``SpeechModel.prompt_embeddings``/``prefill``, with gradients) and is trained with cross-entropy against the clean
+  canvas at every position (pad positions weighted by ``--pad-weight``). Self-conditioning: for each clip with
+  probability 0.5 a first, no-gradient pass's logits, divided by a temperature drawn from the sampler's range
+  (0.4-0.8, as inference feeds them), are passed as ``self_conditioning_logits``.
 - **ar** (autoregressive auxiliary): the causal encoder continues the prompt's cache with the transcript tokens
   (teacher forcing) and predicts each next token and finally EOS through the tied lm_head (with the model's logit
   soft-capping): the last prompt position predicts the first token.
@@ -983,7 +982,7 @@ def parser() -> argparse.ArgumentParser:
                  "eval_every", "eval_count", "eval_steps", "max_seconds", "min_lr_ratio"):  # fmt: skip
         kind = {int: int, float: float}.get(type(getattr(d, name)), int)
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name))
-    helps = {"cache_dir": "whisper-output cache folder (default OUT/frames), or 'memory': one tensor on --device"}
+    helps = {"cache_dir": "whisper-output cache folder (default OUT/frames), or 'memory': kept on --device"}
     for name in ("cache_dir", "cache_dtype", "device", "whisper", "tokenizer", "backbone", "whisper_id", "dtype",
                  "eval_manifest"):  # fmt: skip
         p.add_argument("--" + name.replace("_", "-"), default=getattr(d, name), help=helps.get(name))
@@ -1000,8 +999,7 @@ def main(argv: list[str] | None = None) -> int:
         args["train"] = "all" if small else "projector+lora"
     if bool(args["prefetch"]) != bool(args["wait_for"]):
         parser().error("--prefetch and --wait-for go together")
-    cfg = continue_settings(TrainConfig(**args))
-    result = train(cfg, resume=resume, progress=not quiet)
+    result = train(TrainConfig(**args), resume=resume, progress=not quiet)  # train() applies continue_settings
     last = result.history[-1] if result.history else {}
     print(
         f"step {result.step}: "
