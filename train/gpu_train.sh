@@ -27,8 +27,9 @@
 # GPU with >= 120 GB, else 192) and LR (default 2e-3) set them. Memory: the frames of 41.5 k clips take 48 GB on the
 # GPU, a step ~0.12 GB per clip of the batch (peak RSS of a CPU step: +1.0 GB at batch 8, +3.9 GB at 32), so 384
 # needs ~95 GB (an H200) and 192 ~71 GB (an 80 GB H100). DEVICE (default cuda) and SKIP_INSTALL=1 let the same script
-# run on a CPU for a dry run with a small JOBS list (tests/test_gpu_train.py does, with TOKENIZER=byte). PAD_WEIGHT (default 0.1: padding is ~80 % of the canvas; on 64 memorised clips 0.1
-# learned the transcript positions faster than 1.0, train/results/small-gpu1/diagnosis.md). TRAIN_ARGS adds
+# run on a CPU for a dry run with a small JOBS list (tests/test_gpu_train.py does, with TOKENIZER=byte).
+# PAD_WEIGHT (default 0.1: padding is ~80 % of the canvas; on 64 memorised clips 0.1 learned the transcript
+# positions faster than 1.0, train/results/small-gpu1/diagnosis.md). TRAIN_ARGS adds
 # options, e.g. "--model .data/init" to continue from an exported model, "--profile-steps 5".
 set -uo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"  # for the run phase's calls of the other phases
