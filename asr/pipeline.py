@@ -115,43 +115,75 @@ class Pipeline:
         """
         options = options or DenoiseOptions(steps=steps)  # full sampler settings, when given, win over steps=
         seed = secrets.randbits(31) if seed is None else int(seed)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+
+        def denoise_batch(wave: np.ndarray, spans: list[A.Span], stages: dict[str, float]) -> list[Segment]:
+            return self._transcribe_batch(wave, spans, options, generator, record_steps, stages)
+
+        segments, timings = self._run(audio, sample_rate, batch_size, progress, denoise_batch)
+        return Transcript(segments=segments, timings=timings, model=self.name, steps=options.steps, seed=seed)
+
+    def transcribe_ctc(
+        self,
+        audio: A.AudioInput,
+        *,
+        sample_rate: int | None = None,
+        batch_size: int = 16,
+        progress: ProgressFn | None = None,
+    ) -> Transcript:
+        """The greedy transcript of the CTC head (encoder + projector + lm_head, no denoising): a diagnostic of what
+        the audio side has learned (the training recipe's third loss trains this head). ``steps`` is 0."""
+        segments, timings = self._run(audio, sample_rate, batch_size, progress, self._ctc_batch)
+        return Transcript(segments=segments, timings=timings, model=self.name, steps=0)
+
+    def _run(self, audio, sample_rate, batch_size, progress, per_batch) -> tuple[list[Segment], Timings]:
+        """The loop both transcribers share: decode ``audio``, split it at pauses into windows of at most 30 s, and
+        hand them to ``per_batch(wave, spans, stages)`` ``batch_size`` at a time; time the whole and each stage."""
         started = time.perf_counter()
         stages: dict[str, float] = {}
-
         t = time.perf_counter()
         wave = A.load_audio(audio, sample_rate=sample_rate)
         spans = A.split_on_silence(wave)
         stages["decode_audio"] = time.perf_counter() - t
-        timings = Timings(audio_seconds=len(wave) / A.SAMPLE_RATE, stages=stages)
         segments: list[Segment] = []
-        generator = torch.Generator(device=self.device).manual_seed(seed)
         for first in range(0, len(spans), batch_size):
             batch = spans[first : first + batch_size]
             if progress:
                 progress(first / max(1, len(spans)), f"segments {first + 1}-{first + len(batch)} of {len(spans)}")
-            segments += self._transcribe_batch(wave, batch, options, generator, record_steps, stages)
+            segments += per_batch(wave, batch, stages)
         if progress:
             progress(1.0, "done")
-        timings.wall_seconds = time.perf_counter() - started
-        return Transcript(segments=segments, timings=timings, model=self.name, steps=options.steps, seed=seed)
+        timings = Timings(
+            audio_seconds=len(wave) / A.SAMPLE_RATE, wall_seconds=time.perf_counter() - started, stages=stages
+        )
+        return segments, timings
+
+    def _timed(self, stages: dict[str, float], name: str, fn: Callable):
+        """``fn()``, its time (the GPU's work included) added to ``stages[name]``."""
+        t = time.perf_counter()
+        out = fn()
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        stages[name] = stages.get(name, 0.0) + time.perf_counter() - t
+        return out
+
+    def _features(self, wave: np.ndarray, spans: list[A.Span], stages: dict[str, float]) -> torch.Tensor:
+        """Log-mel features of the windows ``spans`` (outside the model lock: other requests' models can run)."""
+        return self._timed(stages, "features", lambda: self.features([A.cut(wave, s) for s in spans]))
+
+    def _embed(self, feats: torch.Tensor, stages: dict[str, float]) -> torch.Tensor:
+        """Audio embeddings of ``feats``; call inside the model lock and context."""
+        return self._timed(stages, "encoder+projector", lambda: self.model.embed_audio(feats.to(self.device)))
 
     def _transcribe_batch(self, wave, spans, options, generator, record_steps, stages) -> list[Segment]:
-        def timed(name: str, fn):
-            t = time.perf_counter()
-            out = fn()
-            if self.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            stages[name] = stages.get(name, 0.0) + time.perf_counter() - t
-            return out
-
-        feats = timed("features", lambda: self.features([A.cut(wave, s) for s in spans]))
+        feats = self._features(wave, spans, stages)
         with self._lock, torch.inference_mode(), self._models():
-            feats = feats.to(self.device)
-            audio_embeds = timed("encoder+projector", lambda: self.model.embed_audio(feats))
+            audio_embeds = self._embed(feats, stages)
             embeds = self.model.prompt_embeddings(audio_embeds)
-            cache = timed("prefill", lambda: self.model.prefill(embeds))
+            cache = self._timed(stages, "prefill", lambda: self.model.prefill(embeds))
             run = fast.denoise if self.cuda_graphs and len(spans) <= self.graph_max_batch else denoise
-            result = timed(
+            result = self._timed(
+                stages,
                 "denoise",
                 lambda: run(
                     self.model.backbone, cache, embeds.shape[1], len(spans), options, generator, record=record_steps
@@ -166,25 +198,16 @@ class Pipeline:
             )
         return segments
 
-    def transcribe_ctc(
-        self, audio: A.AudioInput, *, sample_rate: int | None = None, batch_size: int = 16
-    ) -> Transcript:
-        """The greedy transcript of the CTC head (encoder + projector + lm_head, no denoising): a diagnostic of what
-        the audio side has learned (the training recipe's third loss trains this head). ``steps`` is 0."""
-        started = time.perf_counter()
-        wave = A.load_audio(audio, sample_rate=sample_rate)
-        spans = A.split_on_silence(wave)
-        segments: list[Segment] = []
-        for first in range(0, len(spans), batch_size):
-            batch = spans[first : first + batch_size]
-            feats = self.features([A.cut(wave, s) for s in batch])
-            with self._lock, torch.inference_mode(), self._models():
-                best = self.model.ctc_logits(self.model.embed_audio(feats.to(self.device))).argmax(-1).tolist()
-            for span, row in zip(batch, best, strict=True):
-                tokens = ctc_collapse(row, blank=self.model.prompt.pad_id)
-                segments.append(Segment(start=span.start, end=span.end, text=self._text(tokens), tokens=tokens))
-        timings = Timings(audio_seconds=len(wave) / A.SAMPLE_RATE, wall_seconds=time.perf_counter() - started)
-        return Transcript(segments=segments, timings=timings, model=self.name, steps=0)
+    def _ctc_batch(self, wave: np.ndarray, spans: list[A.Span], stages: dict[str, float]) -> list[Segment]:
+        feats = self._features(wave, spans, stages)
+        with self._lock, torch.inference_mode(), self._models():
+            audio_embeds = self._embed(feats, stages)
+            best = self._timed(stages, "ctc", lambda: self.model.ctc_logits(audio_embeds).argmax(-1).tolist())
+        segments = []
+        for span, row in zip(spans, best, strict=True):
+            tokens = ctc_collapse(row, blank=self.model.prompt.pad_id)
+            segments.append(Segment(start=span.start, end=span.end, text=self._text(tokens), tokens=tokens))
+        return segments
 
     def decode(self, canvas: list[int]) -> str:
         """The text of a canvas: tokens up to the first end-of-sequence id, without padding or special tokens."""

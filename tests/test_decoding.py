@@ -135,8 +135,11 @@ def test_ctc_collapse():
 def test_transcribe_ctc_is_the_greedy_ctc_head(tiny):
     """Pipeline.transcribe_ctc per 30 s window: argmax of the projector output through lm_head, collapsed."""
     wave = with_pauses([("speech", 25.0), ("pause", 1.0), ("speech", 8.0)], seed=4)
-    got = tiny.transcribe_ctc(wave)
+    reports = []
+    got = tiny.transcribe_ctc(wave, batch_size=1, progress=lambda f, msg: reports.append(f))
     spans = A.split_on_silence(wave)
+    assert len(spans) == 2 and reports == [0.0, 0.5, 1.0]  # one report per batch of one window, then done
+    assert set(got.timings.stages) == {"decode_audio", "features", "encoder+projector", "ctc"}
     assert got.steps == 0 and [(s.start, s.end) for s in got.segments] == [(s.start, s.end) for s in spans]
     m = tiny.model
     for seg, span in zip(got.segments, spans, strict=True):
