@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from . import audio as A
+from . import fast
 from . import model as M
 from .decoding import DenoiseOptions, denoise, eager_step
 from .pipeline import Pipeline
@@ -596,6 +597,11 @@ class Bench:
             embeds = model.prompt_embeddings(timing.result.to(model.backbone.dtype))
             timing = measure(lambda: model.prefill(embeds), dev, r, self.s.warmup)
             self.add("prefill", timing.seconds, timing.peak_gb, batch=1, prompt_tokens=embeds.shape[1], repeats=r)
+            if dev.startswith("cuda"):  # the first call captures the graph: measure() warms up first
+                timing = measure(lambda: fast.prefill(model, embeds), dev, r, max(1, self.s.warmup))
+                self.add("prefill-cudagraph", timing.seconds, timing.peak_gb, batch=1, prompt_tokens=embeds.shape[1],
+                         repeats=r, note="asr.fast.prefill: the prefill replayed as a CUDA graph")  # fmt: skip
+                model.backbone.__dict__.pop("_asr_prefill_runners", None)
             for batch in (1, 4) if self.s.quick else (1, 4, 16):
                 self._decoder_step(embeds, batch)
 
@@ -668,7 +674,7 @@ class Bench:
                 self.stack.pipeline.transcribe(self.audio(segments), steps=8, seed=0)
                 sync(self.device)
                 first = time.perf_counter() - t
-            note = "asr.fast.denoise: decoder step replayed as a CUDA graph" if cuda else "CPU: eager fallback"
+            note = "asr.fast: prefill and decoder step replayed as CUDA graphs" if cuda else "CPU: eager fallback"
             self.transcribe_case(f"{segments}x30s-8steps-cudagraph", segments, 8, note=note, first_call_s=first)
 
     def check_graph_identical(self) -> None:
@@ -681,12 +687,13 @@ class Bench:
             (a.steps.canvas == b.steps.canvas).all() and (a.steps.accepted == b.steps.accepted).all()
             for a, b in zip(ref.segments, got.segments, strict=True)
         )
-        note = "4x30s, same seed: asr.fast.denoise gives asr.decoding.denoise's tokens and canvases"
+        note = "4x30s, same seed: asr.fast (prefill and decoder step graphs) gives the eager tokens and canvases"
         self.add("check-cudagraph-identical", None, _peak(self.device), ok=bool(same and same_steps), steps=8, batch=4,
                  note=note)  # fmt: skip
 
     def _drop_graphs(self) -> None:
-        self.stack.model.backbone.__dict__.pop("_asr_step_runners", None)
+        for runners in ("_asr_step_runners", "_asr_prefill_runners"):
+            self.stack.model.backbone.__dict__.pop(runners, None)
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
 

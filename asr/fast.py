@@ -1,4 +1,4 @@
-"""Experimental: :func:`asr.decoding.denoise` with the decoder step replayed as a CUDA graph.
+"""Experimental: the prompt's prefill and :func:`asr.decoding.denoise`'s decoder step replayed as CUDA graphs.
 
 Eager decoder steps are mostly kernel-launch overhead on a GPU (see the shared notes). Here the backbone's decoder
 forward is captured once per (backbone, batch, prompt length, canvas) as a CUDA graph over static buffers: the
@@ -15,14 +15,21 @@ same static-buffer path runs eagerly) tests/test_fast.py checks that the result 
 identical to the eager step's. On a GPU, ``python -m asr.bench --check`` compares the graph path with the eager one
 on the real-size stack (identical tokens and canvases on an H200, bench/RESULTS.md). :class:`asr.Pipeline` uses it
 on CUDA for batches of up to ``Pipeline.graph_max_batch`` windows.
+
+The prefill (:class:`PrefillRunner`, one graph per batch size and prompt length) is graphed the same way: its input
+embeddings go into a static buffer, and the replay rewrites the K/V tensors of one cache object made at capture,
+which the step runner then copies into its own. The masks and position ids are made once, outside the graph (they
+depend only on the shapes). A capture that fails (an operation a graph cannot hold) falls back to the eager prefill
+with a warning, so a request never fails for it.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicCache
 
 from . import decoding
 from .decoding import DenoiseOptions, DenoiseResult
@@ -90,6 +97,78 @@ class StepRunner:
             self._capture()
         self.graph.replay()
         return self.logits.clone()  # the graph overwrites its output at the next replay
+
+
+class PrefillRunner:
+    """:meth:`SpeechModel.prefill` of a new cache for fixed shapes, over a static input buffer; a CUDA graph on CUDA.
+
+    The returned cache is the runner's own: the next call overwrites its tensors (copy what must outlive it).
+    """
+
+    def __init__(self, speech, batch_size: int, prompt_length: int, use_graph: bool | None = None):
+        backbone = speech.backbone
+        device = backbone.device
+        self.speech = speech
+        self.key = (batch_size, prompt_length)
+        self.use_graph = device.type == "cuda" if use_graph is None else use_graph
+        hidden = backbone.config.text_config.hidden_size
+        self.embeds = torch.zeros((batch_size, prompt_length, hidden), dtype=backbone.dtype, device=device)
+        _, self.inputs = speech.prefill_inputs(self.embeds)  # masks and positions: the same for every call
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.cache: DynamicCache | None = None
+
+    def _new_cache(self, initialized: list[bool] | None = None) -> DynamicCache:
+        """An empty cache; ``initialized``: set up those layers now (a graph cannot hold their first allocation)."""
+        cache = DynamicCache(config=self.speech.backbone.config.get_text_config(decoder=True))
+        if initialized is not None:
+            empty = self.embeds.new_empty(0)
+            for layer, init in zip(cache.layers, initialized, strict=True):
+                if init:
+                    layer.lazy_initialization(empty, empty)
+        return cache
+
+    def _forward(self, cache: DynamicCache) -> DynamicCache:
+        language_model = self.speech.backbone.model.encoder.language_model
+        language_model(inputs_embeds=self.embeds, past_key_values=cache, **self.inputs)
+        return cache
+
+    def _capture(self) -> None:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up off the default stream, as torch.cuda.graphs asks
+                warm = self._forward(self._new_cache())
+        torch.cuda.current_stream().wait_stream(stream)
+        cache = self._new_cache([layer.is_initialized for layer in warm.layers])
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._forward(cache)
+        self.graph, self.cache = graph, cache
+
+    def __call__(self, embeds: torch.Tensor) -> DynamicCache:
+        """The prompt cache of ``embeds`` (batch, prompt length, hidden)."""
+        self.embeds.copy_(embeds)
+        if self.use_graph and self.graph is None:
+            try:
+                self._capture()
+            except RuntimeError as exc:  # keep serving: eager from now on
+                warnings.warn(f"prefill CUDA graph capture failed, prefill runs eagerly: {exc}", stacklevel=2)
+                self.use_graph, self.graph, self.cache = False, None, None
+        if not self.use_graph:
+            return self._forward(self._new_cache())
+        self.graph.replay()
+        return self.cache
+
+
+def prefill(speech, embeds: torch.Tensor, use_graph: bool | None = None) -> DynamicCache:
+    """:meth:`SpeechModel.prefill` by the model's :class:`PrefillRunner` for these shapes (made on first use).
+
+    The cache is overwritten by the next call for the same shapes: hand it to :func:`denoise`, which copies it."""
+    runners = speech.backbone.__dict__.setdefault("_asr_prefill_runners", {})
+    key = (embeds.shape[0], embeds.shape[1], use_graph)
+    if key not in runners:
+        runners[key] = PrefillRunner(speech, embeds.shape[0], embeds.shape[1], use_graph)
+    return runners[key](embeds)
 
 
 def step_runner(backbone, cache: Cache, prompt_length: int, batch_size: int, use_graph: bool | None = None):

@@ -254,7 +254,16 @@ class SpeechModel(nn.Module):
         return embeds.masked_scatter(mask, audio_embeds.to(embeds.dtype))
 
     def prefill(self, inputs_embeds: torch.Tensor, cache: DynamicCache | None = None) -> DynamicCache:
-        """Run the causal encoder over ``inputs_embeds`` (appending to ``cache``) and return the KV cache.
+        """Run the causal encoder over ``inputs_embeds`` (appending to ``cache``) and return the KV cache."""
+        cache, inputs = self.prefill_inputs(inputs_embeds, cache)
+        self.backbone.model.encoder.language_model(inputs_embeds=inputs_embeds, past_key_values=cache, **inputs)
+        return cache
+
+    def prefill_inputs(
+        self, inputs_embeds: torch.Tensor, cache: DynamicCache | None = None
+    ) -> tuple[DynamicCache, dict[str, object]]:
+        """The cache (a new one when None) and the encoder's ``attention_mask`` and ``position_ids`` for a prefill of
+        ``inputs_embeds`` after what ``cache`` holds.
 
         The mask dict is built here: in transformers 5.23 the encoder model computes and then drops it.
         """
@@ -272,10 +281,7 @@ class SpeechModel(nn.Module):
             past_key_values=cache,
             position_ids=position_ids,
         )
-        encoder.language_model(
-            inputs_embeds=inputs_embeds, attention_mask=masks, position_ids=position_ids, past_key_values=cache
-        )
-        return cache
+        return cache, {"attention_mask": masks, "position_ids": position_ids}
 
 
 # --- LoRA ---------------------------------------------------------------------------------------------------------

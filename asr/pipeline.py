@@ -38,7 +38,8 @@ class Pipeline:
 
     On CUDA, batches of at most ``graph_max_batch`` windows run the decoder step as a CUDA graph
     (:mod:`asr.fast`; the same tokens and canvases as the eager step, ``asr.bench --check`` on an H200): 0.43 s
-    instead of 0.80 s for one 30 s window at 8 steps on an H200 (bench/RESULTS.md). Larger batches stay eager: there
+    instead of 0.80 s for one 30 s window at 8 steps on an H200 (bench/RESULTS.md). The prompt's prefill is
+    replayed as a graph too (not yet measured on a GPU; eager if its capture fails). Larger batches stay eager: there
     the gain is smaller (20 x 30 s: 2.62 vs 3.41 s) and a batch-16 graph took the peak to 83.6 GB, over an 80 GB
     card. ``cuda_graphs=False`` or ``ASR_CUDA_GRAPHS=0`` turns graphs off (e.g. where the weights can move between
     calls, as on ZeroGPU).
@@ -180,8 +181,10 @@ class Pipeline:
         with self._lock, torch.inference_mode(), self._models():
             audio_embeds = self._embed(feats, stages)
             embeds = self.model.prompt_embeddings(audio_embeds)
-            cache = self._timed(stages, "prefill", lambda: self.model.prefill(embeds))
-            run = fast.denoise if self.cuda_graphs and len(spans) <= self.graph_max_batch else denoise
+            graphs = self.cuda_graphs and len(spans) <= self.graph_max_batch
+            prefill = (lambda: fast.prefill(self.model, embeds)) if graphs else (lambda: self.model.prefill(embeds))
+            cache = self._timed(stages, "prefill", prefill)
+            run = fast.denoise if graphs else denoise
             result = self._timed(
                 stages,
                 "denoise",

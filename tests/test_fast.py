@@ -81,11 +81,50 @@ def test_pipeline_uses_the_runner_for_small_batches(stack):
     got = graphed.transcribe(wave, steps=6, seed=9)
     (key,) = speech.backbone._asr_step_runners  # one runner, made for the batch of 3 windows
     assert key[0] == 3
+    (key,) = speech.backbone._asr_prefill_runners  # and one prefill runner
+    assert key[0] == 3
     for a, b in zip(ref.segments, got.segments, strict=True):
         assert a.tokens == b.tokens and a.text == b.text
         for name in ("canvas", "sampled", "argmax", "accepted", "confidence", "entropy"):
             np.testing.assert_array_equal(getattr(a.steps, name), getattr(b.steps, name), err_msg=name)
     speech.backbone.__dict__.pop("_asr_step_runners")
+    speech.backbone.__dict__.pop("_asr_prefill_runners")
     graphed.graph_max_batch = 2  # a batch of 3 windows is over the limit: eager
     graphed.transcribe(wave, steps=2, seed=9)
     assert "_asr_step_runners" not in speech.backbone.__dict__
+    assert "_asr_prefill_runners" not in speech.backbone.__dict__
+
+
+def _same_cache(a, b) -> None:
+    assert a.get_seq_length() == b.get_seq_length()
+    for la, lb in zip(a.layers, b.layers, strict=True):
+        assert torch.equal(la.keys, lb.keys) and torch.equal(la.values, lb.values)
+
+
+def test_prefill_runner_gives_the_prefill_cache(stack):
+    """PrefillRunner (masks made once, static input buffer) gives SpeechModel.prefill's cache, call after call; so
+    does the graph's way of filling a cache whose layers were set up before the capture."""
+    runner = None
+    for seed in (1, 2):
+        feats = torch.randn(2, 80, 3000, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            embeds = stack.prompt_embeddings(stack.embed_audio(feats))
+            ref = stack.prefill(embeds)
+            runner = runner or fast.PrefillRunner(stack, 2, embeds.shape[1])
+            assert not runner.use_graph  # no CUDA graphs on the CPU
+            _same_cache(runner(embeds), ref)
+            preset = runner._new_cache([layer.is_initialized for layer in ref.layers])
+            assert all(layer.is_initialized for layer in preset.layers)
+            _same_cache(runner._forward(preset), ref)
+
+
+def test_prefill_capture_failure_falls_back_to_eager(stack):
+    """A graph capture that raises (here: no CUDA) warns once and the prefill runs eagerly, same cache."""
+    feats = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        embeds = stack.prompt_embeddings(stack.embed_audio(feats))
+        runner = fast.PrefillRunner(stack, 1, embeds.shape[1], use_graph=True)
+        with pytest.warns(UserWarning, match="prefill CUDA graph capture failed"):
+            got = runner(embeds)
+        assert runner.use_graph is False and runner.graph is None
+        _same_cache(got, stack.prefill(embeds))
