@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import random
 import shutil
 import sys
 from pathlib import Path
@@ -87,3 +88,28 @@ def test_rows_are_written_as_clips_finish(tmp_path, monkeypatch):
     assert seen == ["", rows[0], rows[0] + rows[1]]
     assert (tmp_path / "train.tsv").read_text(encoding="utf-8") == "".join(rows)
     assert (tmp_path / "test.tsv").read_text(encoding="utf-8") == ""
+
+
+def test_kokoro_voices_held_out_and_engine_weights():
+    """Held-out Kokoro voices only ever make test clips; --engine-weights steers which engine is drawn."""
+    rng = random.Random(0)
+    test = {md.draw_voice(rng, ["kokoro"], True, []).name for _ in range(200)}
+    train = {md.draw_voice(rng, ["kokoro"], False, []).name for _ in range(400)}
+    assert test == md.HELD_OUT_KOKORO
+    assert not train & md.HELD_OUT_KOKORO and len(train) == len(md.KOKORO_VOICES) - len(md.HELD_OUT_KOKORO)
+    drawn = [md.draw_voice(rng, ["kokoro", "pico"], False, [], {"pico": 0.0}).engine for _ in range(100)]
+    assert set(drawn) == {"kokoro"}
+    drawn = [md.draw_voice(rng, ["kokoro", "pico"], False, [], {"kokoro": 1.0, "pico": 1.0}).engine for _ in range(400)]
+    assert 150 < drawn.count("pico") < 250
+
+
+@pytest.mark.skipif(importlib.util.find_spec("py_nanotts") is None, reason="py-nanotts is not installed")
+def test_pico_voices_speak():
+    """SVOX Pico (py-nanotts, bundled voices): 16 kHz speech of a plausible length, slower at a lower speed."""
+    lengths = []
+    for voice, speed in (("en-US", 1.0), ("en-GB", 1.0), ("en-US", 0.8)):
+        audio, rate = md.synthesize(TEXT, md.Voice("pico", voice, speed), seed=0)
+        assert rate == 16000 and audio.dtype == np.float32
+        assert 3.0 < len(audio) / rate < 12.0 and np.abs(audio).max() > 0.1
+        lengths.append(len(audio))
+    assert lengths[2] > 1.1 * lengths[0]
