@@ -60,11 +60,13 @@ data)
     "${pin[@]}" python3 train/make_data.py --jobs "${JOBS:-.data/jobs.jsonl.gz}" --out "$SYNTH" \
         --workers $((cores > 4 ? cores - 2 : cores)) >"$SYNTH.log" 2>&1
     status=$?
-    # the training manifest: the synthesised clips, then the other engines' voices 4 times each (they are few)
+    # the training manifest: the synthesised clips, then the carried clips EXTRA_REPEAT times (default 4: they are few)
     awk -v d="$SYNTH/" -F'\t' '{print d $1 "\t" $2}' "$SYNTH/train.tsv" >"$MANIFEST.tmp"
     if [ -f "$EXTRA/train.tsv" ]; then
         extra=$(cd "$EXTRA" && pwd)
-        for _ in 1 2 3 4; do awk -v d="$extra/" -F'\t' '{print d $1 "\t" $2}' "$EXTRA/train.tsv"; done >>"$MANIFEST.tmp"
+        for _ in $(seq "${EXTRA_REPEAT:-4}"); do
+            awk -v d="$extra/" -F'\t' '{print d $1 "\t" $2}' "$EXTRA/train.tsv"
+        done >>"$MANIFEST.tmp"
     fi
     mv "$MANIFEST.tmp" "$MANIFEST"
     echo "$status" >"$SYNTH.rc"  # last: asr.train --wait-for reads the manifest once this exists
