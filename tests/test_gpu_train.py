@@ -36,10 +36,12 @@ def test_gpu_train_run_on_the_cpu(tmp_path):
     audio, rate = md.synthesize("a carried clip.", voices[-1], seed=0)
     sf.write(extra / "clips" / "0-000000.flac", audio, rate)
     (extra / "train.tsv").write_text("clips/0-000000.flac\ta carried clip.\n")
-    env = dict(os.environ, SKIP_INSTALL="1", DEVICE="cpu", TOKENIZER="byte", BATCH="2", EXTRA=str(extra),
-               EXTRA_REPEAT="2", JOBS=str(tmp_path / "jobs.jsonl.gz"), SYNTH=str(tmp_path / "synth"), RUN=str(tmp_path / "run"),
-               OUT=str(tmp_path / "out"), MANIFEST=str(tmp_path / "train.tsv"), MAKE_DATA_ESPEAK="library",
-               DEADLINE=str(int(time.time()) + 240), TRAIN_ARGS="--steps 3 --threads 1")  # fmt: skip
+    env = dict(
+        os.environ, SKIP_INSTALL="1", DEVICE="cpu", TOKENIZER="byte", BATCH="2", EXTRA=str(extra), EXTRA_REPEAT="2",
+        JOBS=str(tmp_path / "jobs.jsonl.gz"), SYNTH=str(tmp_path / "synth"), RUN=str(tmp_path / "run"),
+        OUT=str(tmp_path / "out"), MANIFEST=str(tmp_path / "train.tsv"), MAKE_DATA_ESPEAK="library",
+        DEADLINE=str(int(time.time()) + 240), TRAIN_ARGS="--steps 3 --threads 1",
+    )  # fmt: skip
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     done = subprocess.run(["bash", "train/gpu_train.sh", "run"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)  # fmt: skip
