@@ -609,7 +609,11 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict]:
     info = {
         "engines": engines,
         "sentences": {n: len(s) for n, s in corpus.items()},
-        "held_out": {"espeak_variants": sorted(HELD_OUT_ESPEAK_VARIANTS), "flite": sorted(HELD_OUT_FLITE)},
+        "held_out": {
+            "espeak_variants": sorted(HELD_OUT_ESPEAK_VARIANTS),
+            "flite": sorted(HELD_OUT_FLITE),
+            "kokoro": sorted(HELD_OUT_KOKORO),
+        },
         "seed": args.seed,
     }
     return jobs, info
