@@ -601,7 +601,7 @@ class Bench:
                 timing = measure(lambda: fast.prefill(model, embeds), dev, r, max(1, self.s.warmup))
                 self.add("prefill-cudagraph", timing.seconds, timing.peak_gb, batch=1, prompt_tokens=embeds.shape[1],
                          repeats=r, note="asr.fast.prefill: the prefill replayed as a CUDA graph")  # fmt: skip
-                model.backbone.__dict__.pop("_asr_prefill_runners", None)
+                fast.drop_runners(model.backbone)
             for batch in (1, 4) if self.s.quick else (1, 4, 16):
                 self._decoder_step(embeds, batch)
 
@@ -692,8 +692,7 @@ class Bench:
                  note=note)  # fmt: skip
 
     def _drop_graphs(self) -> None:
-        for runners in ("_asr_step_runners", "_asr_prefill_runners"):
-            self.stack.model.backbone.__dict__.pop(runners, None)
+        fast.drop_runners(self.stack.model.backbone)
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
 

@@ -42,7 +42,6 @@ class StepRunner:
         config = backbone.config
         device = backbone.device
         self.backbone = backbone
-        self.key = (batch_size, prompt_length, config.canvas_length)
         self.use_graph = device.type == "cuda" if use_graph is None else use_graph
         canvas_length, vocab = config.canvas_length, config.text_config.vocab_size
         embed_dtype = backbone.model.decoder.embed_tokens.weight.dtype
@@ -109,7 +108,6 @@ class PrefillRunner:
         backbone = speech.backbone
         device = backbone.device
         self.speech = speech
-        self.key = (batch_size, prompt_length)
         self.use_graph = device.type == "cuda" if use_graph is None else use_graph
         hidden = backbone.config.text_config.hidden_size
         self.embeds = torch.zeros((batch_size, prompt_length, hidden), dtype=backbone.dtype, device=device)
@@ -119,7 +117,7 @@ class PrefillRunner:
 
     def _new_cache(self, initialized: list[bool] | None = None) -> DynamicCache:
         """An empty cache; ``initialized``: set up those layers now (a graph cannot hold their first allocation)."""
-        cache = DynamicCache(config=self.speech.backbone.config.get_text_config(decoder=True))
+        cache = self.speech.new_cache()
         if initialized is not None:
             empty = self.embeds.new_empty(0)
             for layer, init in zip(cache.layers, initialized, strict=True):
@@ -169,6 +167,12 @@ def prefill(speech, embeds: torch.Tensor, use_graph: bool | None = None) -> Dyna
     if key not in runners:
         runners[key] = PrefillRunner(speech, embeds.shape[0], embeds.shape[1], use_graph)
     return runners[key](embeds)
+
+
+def drop_runners(backbone) -> None:
+    """Forget the backbone's prefill and step runners (their graphs and buffers), e.g. before measuring memory."""
+    for name in ("_asr_prefill_runners", "_asr_step_runners"):
+        backbone.__dict__.pop(name, None)
 
 
 def step_runner(backbone, cache: Cache, prompt_length: int, batch_size: int, use_graph: bool | None = None):

@@ -259,6 +259,10 @@ class SpeechModel(nn.Module):
         self.backbone.model.encoder.language_model(inputs_embeds=inputs_embeds, past_key_values=cache, **inputs)
         return cache
 
+    def new_cache(self) -> DynamicCache:
+        """An empty prompt cache for the backbone (its layer kinds: full or sliding-window attention)."""
+        return DynamicCache(config=self.backbone.config.get_text_config(decoder=True))
+
     def prefill_inputs(
         self, inputs_embeds: torch.Tensor, cache: DynamicCache | None = None
     ) -> tuple[DynamicCache, dict[str, object]]:
@@ -269,7 +273,7 @@ class SpeechModel(nn.Module):
         """
         encoder = self.backbone.model.encoder
         if cache is None:
-            cache = DynamicCache(config=self.backbone.config.get_text_config(decoder=True))
+            cache = self.new_cache()
         past = cache.get_seq_length()
         batch, length, _ = inputs_embeds.shape
         position_ids = torch.arange(past, past + length, dtype=torch.int32, device=inputs_embeds.device).unsqueeze(0)
