@@ -226,9 +226,10 @@ def evaluate(
     return StepsResult(steps, rates, audio_s / proc_s if proc_s > 0 else float("inf"), audio_s, proc_s, results)
 
 
-def format_table(result: StepsResult, base: Path | None = None, width: int = 60) -> str:
-    """A per-utterance table: file, duration, errors/words, processing time, hypothesis (and reference if wrong)."""
-    title = f"{result.steps} steps" if result.steps else "CTC head, greedy"
+def format_table(result: StepsResult, base: Path | None = None, width: int = 60, label: str | None = None) -> str:
+    """A per-utterance table: file, duration, errors/words, processing time, hypothesis (and reference if wrong).
+    ``label`` names what was run in the heading and the summary line (default: the step count)."""
+    title = label or (f"{result.steps} steps" if result.steps else "CTC head, greedy")
     lines = [f"## {title}", f"{'audio':<28} {'dur s':>6} {'err/words':>9} {'proc s':>7}  hypothesis"]
     for r in result.utterances:
         name = Path(r.audio)
@@ -246,7 +247,7 @@ def format_table(result: StepsResult, base: Path | None = None, width: int = 60)
             lines.append(f"{'':<28} {'':>6} {'':>9} {'ref':>7}  {ref}")
     rates = result.rates
     lines.append(
-        f"{result.steps} steps: {result.summary()}  (S {rates.substitutions} D {rates.deletions} "
+        f"{label or f'{result.steps} steps'}: {result.summary()}  (S {rates.substitutions} D {rates.deletions} "
         f"I {rates.insertions} / {rates.reference_words} words; {result.audio_seconds:.1f} s audio in "
         f"{result.processing_seconds:.2f} s)"
     )

@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     utterances = read_manifest(args.manifest)
     result = evaluate(FasterWhisper(args.model, args.threads), utterances, steps=0)
-    table = format_table(result, base=Path(args.manifest).resolve().parent).replace("CTC head, greedy", args.model)
-    table = table.replace("\n0 steps: ", f"\nwhisper {args.model} (faster-whisper, greedy): ")
+    label = f"whisper {args.model} (faster-whisper, greedy)"
+    table = format_table(result, base=Path(args.manifest).resolve().parent, label=label)
     if args.out:
         args.out.write_text(table + "\n", encoding="utf-8")
     print(table)
