@@ -22,10 +22,7 @@ cd "$(dirname "$0")/.."
 grep -qx "/.data/" .gitignore || { echo "/.data/ is not in .gitignore" >&2; exit 2; }
 ENGINES=${ENGINES:-espeak}
 ls .whl/transformers-5.23.0-*.whl >/dev/null 2>&1 || bash bench/fetch_wheels.sh
-wheel() {  # NAME==VERSION into .whl/ for CPython 3.12 manylinux x86_64
-    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl "$1"
-}
+wheel() { bash bench/fetch_wheels.sh "$1" >/dev/null; }  # NAME==VERSION into .whl/ (CPython 3.12, x86_64)
 case ",$ENGINES," in *,pico,*) wheel py-nanotts==0.1.1 ;; esac
 case ",$ENGINES," in *,hibari,*) wheel hibari-tts==0.2.1 ;; esac
 case ",$ENGINES," in
