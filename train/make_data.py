@@ -48,6 +48,7 @@ Text (sentences of 3-40 words, digits and odd symbols dropped, deduplicated):
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import hashlib
 import importlib.util
@@ -379,8 +380,20 @@ def _read_wav(path: Path) -> tuple[np.ndarray, int]:
 
 
 _hibari = {}
-_kokoro = []
-_pico = []
+
+
+@functools.cache
+def _kokoro():
+    from kokoro_onnx import Kokoro
+
+    return Kokoro(str(KOKORO_DIR / "kokoro-v1.0.int8.onnx"), str(KOKORO_DIR / "voices.npz"))
+
+
+@functools.cache
+def _pico():
+    from py_nanotts import NanoTTS
+
+    return NanoTTS()
 
 
 def synthesize(text: str, voice: Voice, seed: int) -> tuple[np.ndarray, int]:
@@ -410,19 +423,11 @@ def synthesize(text: str, voice: Voice, seed: int) -> tuple[np.ndarray, int]:
             tts = _hibari[voice.name]
             return tts(text, speed=voice.speed, seed=seed).astype(np.float32), tts.sample_rate
         elif voice.engine == "kokoro":
-            if not _kokoro:
-                from kokoro_onnx import Kokoro
-
-                _kokoro.append(Kokoro(str(KOKORO_DIR / "kokoro-v1.0.int8.onnx"), str(KOKORO_DIR / "voices.npz")))
             lang = "en-gb" if voice.name.startswith("b") else "en-us"
-            audio, rate = _kokoro[0].create(text, voice=voice.name, speed=voice.speed, lang=lang)
+            audio, rate = _kokoro().create(text, voice=voice.name, speed=voice.speed, lang=lang)
             return audio.astype(np.float32), rate
         elif voice.engine == "pico":
-            if not _pico:
-                from py_nanotts import NanoTTS
-
-                _pico.append(NanoTTS())
-            pcm = _pico[0].speak(text, voice=voice.name, speed=voice.speed)
+            pcm = _pico().speak(text, voice=voice.name, speed=voice.speed)
             return np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768, 16000
         else:
             raise ValueError(f"unknown engine {voice.engine}")
@@ -576,7 +581,10 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict]:
     if not engines:
         raise SystemExit(f"none of the engines {args.engines} is installed (see this script's docstring)")
     variants = espeak_variants()
-    weights_of_engines = getattr(args, "engine_weights", None)
+
+    def voice(held_out: bool) -> Voice:
+        return draw_voice(rng, engines, held_out, variants, args.engine_weights)
+
     jobs: list[Job] = []
     names = [n for n in weights if train_pools.get(n)]
     per_source = {n: args.train * weights[n] / sum(weights[m] for m in names) for n in names}
@@ -585,27 +593,9 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict]:
         texts += utterance_texts(train_pools[n], math.ceil(per_source[n]), rng, args.max_words)
     rng.shuffle(texts)
     for i, text in enumerate(texts[: args.train]):
-        jobs.append(
-            Job(
-                i,
-                "train",
-                text,
-                draw_voice(rng, engines, False, variants, weights_of_engines),
-                args.seed,
-                f"clips/train/{i:06d}.flac",
-            )  # fmt: skip
-        )
+        jobs.append(Job(i, "train", text, voice(False), args.seed, f"clips/train/{i:06d}.flac"))
     for i, text in enumerate(utterance_texts(test_sentences, args.test, rng, args.max_words)):
-        jobs.append(
-            Job(
-                i,
-                "test",
-                text,
-                draw_voice(rng, engines, True, variants, weights_of_engines),
-                args.seed,
-                f"clips/test/{i:06d}.flac",
-            )  # fmt: skip
-        )
+        jobs.append(Job(i, "test", text, voice(True), args.seed, f"clips/test/{i:06d}.flac"))
     info = {
         "engines": engines,
         "sentences": {n: len(s) for n, s in corpus.items()},
