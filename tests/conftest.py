@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -11,6 +15,17 @@ import torch
 torch.set_num_threads(1)
 
 SR = 16_000
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_script(name: str):
+    """The module of ``train/<name>.py`` (the training scripts are not a package), loaded once."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "train" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def speechlike(seconds: float, seed: int = 0, sr: int = SR) -> np.ndarray:

@@ -6,19 +6,16 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
 import soundfile as sf
+from conftest import train_script
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("make_data", ROOT / "train" / "make_data.py")
-md = importlib.util.module_from_spec(_spec)
-sys.modules["make_data"] = md
-_spec.loader.exec_module(md)
+md = train_script("make_data")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("espeakng_loader") is None, reason="espeakng-loader is not installed")

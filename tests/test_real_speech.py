@@ -4,21 +4,16 @@ clip checked against its listed SHA-256, the manifest in the order of the list; 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
-import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import train_script
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("fetch_real_speech", ROOT / "train" / "fetch_real_speech.py")
-frs = importlib.util.module_from_spec(_spec)
-sys.modules["fetch_real_speech"] = frs  # dataclasses look their module up while the file runs
-_spec.loader.exec_module(frs)
+frs = train_script("fetch_real_speech")
 
 
 def _sdist(path: Path, files: dict[str, bytes]) -> Path:
