@@ -212,9 +212,10 @@ def load_small_model(folder: Path, canvas_length: int | None = None):
         whisper, features = load_whisper(info["whisper"], folder, seed=int(info.get("train", {}).get("seed", 0)))
         backbone = DiffusionGemmaForBlockDiffusion.from_pretrained(folder / "backbone", dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-        projector = adapter_projector({"projector": load_file(folder / "projector.safetensors")}).float()
+        layout = [M.LayerSpec(**spec) for spec in info["projector_layout"]] if "projector_layout" in info else None
+        projector = adapter_projector({"projector": load_file(folder / "projector.safetensors")}, layout).float()
         prompt = M.PromptFormat(**info["prompt"])
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, TypeError, ValueError) as exc:
         raise ModelLoadError(f"the small model in {folder} is incomplete or unreadable: {exc}") from exc
     backbone.config.canvas_length = canvas_length or int(info.get("canvas_length", backbone.config.canvas_length))
     try:
@@ -267,11 +268,12 @@ def read_adapter(path: str | os.PathLike) -> dict:
     return ckpt
 
 
-def adapter_projector(ckpt: dict) -> Projector:
-    """The checkpoint's projector, its layout read from the keys and shapes, loaded strictly."""
+def adapter_projector(ckpt: dict, layout: list[M.LayerSpec] | None = None) -> Projector:
+    """The checkpoint's projector, loaded strictly; its layout as given (a small model's ``speech.json`` records it,
+    strides included), else read from the keys and shapes (the released adapter: x8)."""
     proj_state = ckpt["projector"]
     try:
-        projector = Projector(Projector.layout_from_state_dict(proj_state))
+        projector = Projector(layout or Projector.layout_from_state_dict(proj_state))
     except ProjectorLayoutError as exc:
         raise AdapterError(f"projector: {exc}") from exc
     _strict_load(projector, Projector.canonical_keys(proj_state), "projector")

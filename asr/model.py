@@ -5,6 +5,7 @@ The denoising of the transcript canvas lives in :mod:`asr.decoding`; this module
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -38,12 +39,16 @@ class LayerSpec:
     bias: bool = True
 
 
-def default_projector_layout(in_dim: int, hidden: int, out_dim: int) -> list[LayerSpec]:
-    """Three stride-2 convolutions (x8 in time) then a two-layer MLP: 768 -> 1280 -> 2816 is ~18 M params."""
+def default_projector_layout(in_dim: int, hidden: int, out_dim: int, subsampling: int = SUBSAMPLING) -> list[LayerSpec]:
+    """Three convolutions then a two-layer MLP: 768 -> 1280 -> 2816 is ~18 M params. The convolutions have stride 2
+    (x8 in time, the released adapter's layout); ``subsampling`` 4, 2 or 1 gives the last ones stride 1."""
+    if subsampling not in (1, 2, 4, 8):
+        raise ValueError(f"subsampling must be 1, 2, 4 or 8, got {subsampling}")
+    s1, s2, s3 = (2 if subsampling >= 2 ** (i + 1) else 1 for i in range(3))
     return [
-        LayerSpec("conv", in_dim, hidden, 3, 2),
-        LayerSpec("conv", hidden, hidden, 3, 2),
-        LayerSpec("conv", hidden, hidden, 3, 2),
+        LayerSpec("conv", in_dim, hidden, 3, s1),
+        LayerSpec("conv", hidden, hidden, 3, s2),
+        LayerSpec("conv", hidden, hidden, 3, s3),
         LayerSpec("linear", hidden, hidden),
         LayerSpec("linear", hidden, out_dim),
     ]
@@ -82,6 +87,11 @@ class Projector(nn.Module):
     @property
     def out_dim(self) -> int:
         return [s for s in self.layout if s.kind != "norm"][-1].out_dim
+
+    @property
+    def subsampling(self) -> int:
+        """Whisper frames per audio embedding (the product of the convolutions' strides)."""
+        return math.prod(s.stride for s in self.layout if s.kind == "conv")
 
     def num_slots(self, frames: int) -> int:
         """How many embeddings ``frames`` whisper frames become."""

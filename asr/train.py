@@ -22,7 +22,8 @@ The three losses of the published recipe, on one batch of clips (B clips, canvas
   the clip's audio (6.25 per second), or all slots of the 30 s window when the transcript has more tokens than
   that (e.g. byte-level tokenizers).
 
-The total is ``w_diffusion * diffusion + w_ar * ar + w_ctc * ctc``.
+The total is ``w_diffusion * diffusion + w_ar * ar + w_ctc * ctc``. With ``--w-diffusion 0 --w-ar 0`` the
+backbone does not run at all: a CTC-only phase that trains the projector alone, many times faster per clip.
 
 Whisper encoder outputs are computed once per clip and cached on disk (float16 ``.npy`` per clip, keyed by the
 file and the encoder's weights) since the encoder is frozen. Checkpoints (``OUT/checkpoint.pt``: trainable weights,
@@ -114,6 +115,7 @@ class TrainConfig:
     heads: int = 4
     experts: int = 4
     projector_hidden: int = 512
+    subsampling: int = 8  # whisper frames per audio slot (8: 6.25 slots per second, as the released projector)
     # real backbone (``--model new-adapter`` or an adapter)
     backbone: str = "google/diffusiongemma-26B-A4B-it"
     whisper_id: str = "openai/whisper-small"
@@ -178,15 +180,18 @@ def build_small(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
     if cfg.tokenizer == "byte":
         vocab = 512
     eos = tokenizer.eos_token_id
+    layout = M.default_projector_layout(whisper.config.d_model, cfg.projector_hidden, cfg.hidden, cfg.subsampling)
+    slots = Projector(layout).num_slots(whisper.config.max_source_positions)
+    # the sliding layers see the whole prompt from every canvas position (512 is enough at x8: 188 slots + 160)
+    window = max(512, 128 * math.ceil((slots + 64 + (cfg.canvas_length or 128)) / 128))
     config = small_backbone_config(
-        vocab, cfg.hidden, cfg.layers, cfg.heads, cfg.experts, cfg.canvas_length or 128,
+        vocab, cfg.hidden, cfg.layers, cfg.heads, cfg.experts, cfg.canvas_length or 128, sliding_window=window,
         pad_id=tokenizer.pad_token_id or 0, eos_id=eos, bos_id=tokenizer.bos_token_id or 2,
     )  # fmt: skip
     state = torch.random.get_rng_state()
     torch.manual_seed(cfg.seed)
     try:
         backbone = DiffusionGemmaForBlockDiffusion(config)
-        layout = M.default_projector_layout(whisper.config.d_model, cfg.projector_hidden, cfg.hidden)
         projector = Projector(layout)
     finally:
         torch.random.set_rng_state(state)
@@ -489,8 +494,14 @@ class Batch:
     audio_slots: torch.Tensor  # (B,) slots covering each clip's audio
 
 
-def make_batch(examples: list[Example], prompt: M.PromptFormat, canvas_length: int, pad_weight: float = 1.0) -> Batch:
-    """The clean canvases and the AR/CTC targets of ``examples``."""
+def make_batch(
+    examples: list[Example],
+    prompt: M.PromptFormat,
+    canvas_length: int,
+    pad_weight: float = 1.0,
+    subsampling: int = M.SUBSAMPLING,
+) -> Batch:
+    """The clean canvases and the AR/CTC targets of ``examples`` (``subsampling``: whisper frames per audio slot)."""
     eos, pad = prompt.eos_ids[0], prompt.pad_id
     B = len(examples)
     canvas = torch.full((B, canvas_length), pad, dtype=torch.long)
@@ -508,7 +519,7 @@ def make_batch(examples: list[Example], prompt: M.PromptFormat, canvas_length: i
         ar_input[i, :n] = torch.tensor(e.ids)
         ar_target[i, :n] = torch.tensor(e.ids)
         ar_target[i, n] = eos
-    slots = [math.ceil(e.seconds * 50 / M.SUBSAMPLING) + 1 for e in examples]  # whisper: 50 frames per second
+    slots = [math.ceil(e.seconds * 50 / subsampling) + 1 for e in examples]  # whisper: 50 frames per second
     return Batch(
         canvas=canvas,
         canvas_weight=weight,
@@ -561,16 +572,45 @@ def compute_losses(
     generator: torch.Generator,
 ) -> dict[str, torch.Tensor]:
     """The three losses, their weighted ``total``, and ``diffusion_text`` (the denoising loss at the transcript's
-    positions only, a detached metric) of one batch of whisper outputs ``frames`` (B, T, d)."""
+    positions only, a detached metric) of one batch of whisper outputs ``frames`` (B, T, d). With ``w_diffusion``
+    and ``w_ar`` both 0 the backbone does not run: CTC only (``total`` and ``ctc``), which trains the projector alone
+    at a fraction of the cost."""
     backbone = speech.backbone
     device = next(backbone.parameters()).device
+    frames = frames.to(device=device, dtype=next(speech.projector.parameters()).dtype)
+    audio = speech.projector(frames).to(backbone.dtype)  # (B, S, H)
+    out = _backbone_losses(speech, audio, batch, cfg, generator) if cfg.w_diffusion or cfg.w_ar else {}
+
+    # (c) CTC on the projector output through the frozen lm_head; blank = pad id
+    S = audio.shape[1]
+    ctc_logits = speech.ctc_logits(audio, detach_head=True)
+    log_probs = F.log_softmax(ctc_logits.float(), dim=-1).transpose(0, 1)  # (S, B, V)
+    input_lengths = batch.audio_slots.clamp(max=S)
+    input_lengths = torch.where(batch.target_lengths > input_lengths, torch.full_like(input_lengths, S), input_lengths)
+    ctc = F.ctc_loss(
+        log_probs,
+        batch.ctc_targets.to(device),
+        input_lengths.to(device),
+        batch.target_lengths.to(device),
+        blank=speech.prompt.pad_id,
+        reduction="mean",
+        zero_infinity=True,
+    )
+    total = cfg.w_ctc * ctc
+    if out:
+        total = total + cfg.w_diffusion * out["diffusion"] + cfg.w_ar * out["ar"]
+    return {"total": total, **out, "ctc": ctc}
+
+
+def _backbone_losses(
+    speech: SpeechModel, audio: torch.Tensor, batch: Batch, cfg: TrainConfig, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """The denoising and autoregressive losses (and the ``diffusion_text`` metric), which run the backbone."""
+    backbone = speech.backbone
+    device = audio.device
     vocab = backbone.config.text_config.vocab_size
-    proj_dtype = next(speech.projector.parameters()).dtype
-    frames = frames.to(device=device, dtype=proj_dtype)
     canvas = batch.canvas.to(device)
     B, C = canvas.shape
-
-    audio = speech.projector(frames).to(backbone.dtype)  # (B, S, H)
     embeds = speech.prompt_embeddings(audio)
     P = embeds.shape[1]
     capture = _Capture(backbone.model.encoder.language_model)
@@ -619,24 +659,7 @@ def compute_losses(
         ar = F.cross_entropy(ar_logits.reshape(-1, vocab), batch.ar_target.to(device).reshape(-1), ignore_index=-100)
     finally:
         capture.close()
-
-    # (c) CTC on the projector output through the frozen lm_head; blank = pad id
-    S = audio.shape[1]
-    ctc_logits = speech.ctc_logits(audio, detach_head=True)
-    log_probs = F.log_softmax(ctc_logits.float(), dim=-1).transpose(0, 1)  # (S, B, V)
-    input_lengths = batch.audio_slots.clamp(max=S)
-    input_lengths = torch.where(batch.target_lengths > input_lengths, torch.full_like(input_lengths, S), input_lengths)
-    ctc = F.ctc_loss(
-        log_probs,
-        batch.ctc_targets.to(device),
-        input_lengths.to(device),
-        batch.target_lengths.to(device),
-        blank=speech.prompt.pad_id,
-        reduction="mean",
-        zero_infinity=True,
-    )
-    total = cfg.w_diffusion * diffusion + cfg.w_ar * ar + cfg.w_ctc * ctc
-    return {"total": total, "diffusion": diffusion, "ar": ar, "ctc": ctc, "diffusion_text": diffusion_text}
+    return {"diffusion": diffusion, "ar": ar, "diffusion_text": diffusion_text}
 
 
 # --- checkpoints and export -------------------------------------------------------------------------------------------
@@ -872,7 +895,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
             group["lr"] = lr
         pick = torch.randint(0, len(examples), (cfg.batch_size,), generator=generator).tolist()
         chosen = [examples[i] for i in pick]
-        batch = make_batch(chosen, speech.prompt, speech.canvas_length, cfg.pad_weight)
+        batch = make_batch(chosen, speech.prompt, speech.canvas_length, cfg.pad_weight, speech.projector.subsampling)
         optimizer.zero_grad(set_to_none=True)
         try:
             losses = losses_fn(speech, cache.load(chosen), batch, cfg, generator)
@@ -904,7 +927,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
         history.append(row)
         if step % cfg.log_every == 0 or step == cfg.steps:
             _append_log(out / LOG, row)
-        bar.set_postfix({k: f"{row[k]:.3f}" for k in ("total", "diffusion", "ar", "ctc")})
+        bar.set_postfix({k: f"{row[k]:.3f}" for k in ("total", "diffusion", "ar", "ctc") if k in row})
         bar.update(1)
         if eval_utts and step % cfg.eval_every == 0:
             _append_log(out / LOG, {"step": step, **evaluate_now(speech, tokenizer, features, eval_utts, cfg)})
@@ -979,7 +1002,7 @@ def parser() -> argparse.ArgumentParser:
     for name in ("batch_size", "lr", "warmup", "weight_decay", "grad_clip", "w_diffusion", "w_ar", "w_ctc",
                  "pad_weight", "gamma_power", "self_conditioning", "lora_rank", "lora_alpha", "canvas_length", "seed",
                  "save_every", "log_every", "threads", "hidden", "layers", "heads", "experts", "projector_hidden",
-                 "eval_every", "eval_count", "eval_steps", "max_seconds", "min_lr_ratio"):  # fmt: skip
+                 "subsampling", "eval_every", "eval_count", "eval_steps", "max_seconds", "min_lr_ratio"):  # fmt: skip
         kind = {int: int, float: float}.get(type(getattr(d, name)), int)
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name))
     helps = {"cache_dir": "whisper-output cache folder (default OUT/frames), or 'memory': kept on --device"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -89,6 +90,21 @@ def test_each_loss_reaches_the_projector(manifest, tmp_path):
         assert grad is not None and grad.abs().sum() > 0, name
 
 
+def test_ctc_only_skips_the_backbone_and_gives_the_same_ctc(manifest, tmp_path):
+    cfg, speech, params, frames, batch = _setup(manifest, tmp_path)
+    full = T.compute_losses(speech, frames, batch, cfg, torch.Generator().manual_seed(3))
+    calls = []
+    hook = speech.backbone.register_forward_pre_hook(lambda module, args: calls.append(1))
+    only = dataclasses.replace(cfg, w_diffusion=0.0, w_ar=0.0, w_ctc=2.0)
+    losses = T.compute_losses(speech, frames, batch, only, torch.Generator().manual_seed(3))
+    hook.remove()
+    assert calls == [] and set(losses) == {"total", "ctc"}
+    assert torch.allclose(losses["ctc"], full["ctc"]) and torch.allclose(losses["total"], 2 * full["ctc"])
+    losses["total"].backward()
+    assert speech.projector.layers[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for n, p in params.items() if not n.startswith("projector."))
+
+
 def test_total_loss_falls_on_a_fixed_batch(manifest, tmp_path):
     cfg, speech, params, frames, batch = _setup(manifest, tmp_path)
     optimizer = torch.optim.AdamW(params.values(), lr=3e-3)
@@ -170,6 +186,25 @@ def test_train_all_updates_backbone_not_whisper(manifest, tmp_path):
     assert "small model" in pipe.name and isinstance(
         pipe.transcribe(str(manifest.parent / "c1.flac"), steps=2).text, str
     )
+
+
+def test_small_model_with_x4_projector_trains_exports_and_transcribes(manifest, tmp_path):
+    out = tmp_path / "x4"
+    cfg = T.TrainConfig(
+        manifest=str(manifest), out=str(out), model="small", train="all", whisper="tiny-random", tokenizer="byte",
+        hidden=32, layers=2, heads=2, experts=2, projector_hidden=32, subsampling=4, canvas_length=32, steps=2,
+        batch_size=2,
+    )  # fmt: skip
+    speech, tokenizer, _ = T.build_model(cfg)
+    assert speech.projector.subsampling == 4 and speech.num_slots == 375  # 1500 whisper frames / 4
+    assert speech.backbone.config.text_config.sliding_window >= 375 + 32  # the sliding layers see the whole prompt
+    examples, _ = T.prepare_examples(T.read_manifest(manifest), tokenizer, 32)
+    batch = T.make_batch(examples, speech.prompt, 32, subsampling=4)
+    assert batch.audio_slots.tolist() == [math.ceil(e.seconds * 12.5) + 1 for e in examples]
+    T.train(cfg, progress=False)
+    pipe = asr.load(str(out / "model"), device="cpu")
+    assert pipe.model.projector.subsampling == 4
+    assert isinstance(pipe.transcribe(str(manifest.parent / "c1.flac"), steps=2).text, str)
 
 
 def test_cli_runs_and_logs(manifest, tmp_path, capsys):
