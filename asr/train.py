@@ -305,11 +305,12 @@ def prepare_examples(
 
 
 def module_fingerprint(module: nn.Module) -> str:
-    """A short hash of a module's configuration and weights."""
+    """A short hash of a module's configuration and weights (not of the folder it was loaded from)."""
     h = hashlib.sha1()
     config = getattr(module, "config", None)
     if config is not None:
-        h.update(config.to_json_string(use_diff=False).encode())
+        settings = {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+        h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for name, tensor in sorted(module.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().to(torch.float32).cpu().numpy().tobytes())

@@ -227,6 +227,25 @@ def test_learning_rate_schedule():
     assert T.learning_rate(cfg, 110) == pytest.approx(0.1)
 
 
+def test_frame_cache_key_follows_the_encoder_not_its_folder(tmp_path):
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    config = WhisperConfig(d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32)
+    torch.manual_seed(0)
+    WhisperEncoder(config).save_pretrained(tmp_path / "a")
+    (tmp_path / "deeper").mkdir()
+    (tmp_path / "a").rename(tmp_path / "deeper" / "b")
+    WhisperEncoder.from_pretrained(tmp_path / "deeper" / "b").save_pretrained(tmp_path / "c")
+    one = WhisperEncoder.from_pretrained(tmp_path / "deeper" / "b")
+    two = WhisperEncoder.from_pretrained(tmp_path / "c")
+    assert one.config._name_or_path != two.config._name_or_path
+    assert T.module_fingerprint(one) == T.module_fingerprint(two)  # the same frames: the same cache folder
+    with torch.no_grad():
+        two.layer_norm.weight[0] += 1e-3
+    assert T.module_fingerprint(one) != T.module_fingerprint(two)
+
+
 def test_memory_cache_equals_file_cache(manifest, tmp_path, monkeypatch):
     cfg, speech, _, on_disk, _ = _setup(manifest, tmp_path)
     _, tokenizer, features = T.build_model(cfg)
