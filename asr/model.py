@@ -55,7 +55,7 @@ def default_projector_layout(in_dim: int, hidden: int, out_dim: int, subsampling
 
 
 class Projector(nn.Module):
-    """Whisper frames (B, T, d_whisper) -> audio embeddings (B, ceil(T/8), d_backbone).
+    """Whisper frames (B, T, d_whisper) -> audio embeddings (B, ceil(T / subsampling), d_backbone).
 
     Convolutions (each followed by GELU) subsample in time; linear layers (GELU between them) map to the backbone
     width; ``norm`` layers are LayerNorms over the feature dimension.
