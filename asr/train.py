@@ -16,11 +16,11 @@ The three losses of the published recipe, on one batch of clips (B clips, canvas
 - **ar** (autoregressive auxiliary): the causal encoder continues the prompt's cache with the transcript tokens
   (teacher forcing) and predicts each next token and finally EOS through the tied lm_head (with the model's logit
   soft-capping): the last prompt position predicts the first token.
-- **ctc**: the projector output (one row per audio slot, 8 whisper frames) goes through the lm_head weight
-  (detached: frozen for this loss even when the backbone trains), log-softmax over the vocabulary, CTC against the
-  transcript ids. Blank = the pad id (pad never occurs inside a transcript). Input length = the slots that cover
-  the clip's audio (6.25 per second), or all slots of the 30 s window when the transcript has more tokens than
-  that (e.g. byte-level tokenizers).
+- **ctc**: the projector output (one row per audio slot: 8 whisper frames, or ``--subsampling``) goes through the
+  lm_head weight (detached: frozen for this loss even when the backbone trains), log-softmax over the vocabulary, CTC
+  against the transcript ids. Blank = the pad id (pad never occurs inside a transcript). Input length = the slots
+  that cover the clip's audio (6.25 per second at x8), or all slots of the 30 s window when the transcript has more
+  tokens than that (e.g. byte-level tokenizers).
 
 The total is ``w_diffusion * diffusion + w_ar * ar + w_ctc * ctc``. With ``--w-diffusion 0 --w-ar 0`` the
 backbone does not run at all: a CTC-only phase that trains the projector alone, many times faster per clip.
