@@ -54,6 +54,15 @@ def default_projector_layout(in_dim: int, hidden: int, out_dim: int, subsampling
     ]
 
 
+def layout_slots(layout: list[LayerSpec], frames: int) -> int:
+    """How many embeddings ``frames`` whisper frames become in a projector of ``layout`` (no module needed)."""
+    for spec in layout:
+        if spec.kind == "conv":
+            pad = spec.kernel // 2
+            frames = (frames + 2 * pad - spec.kernel) // spec.stride + 1
+    return frames
+
+
 class Projector(nn.Module):
     """Whisper frames (B, T, d_whisper) -> audio embeddings (B, ceil(T / subsampling), d_backbone).
 
@@ -95,11 +104,7 @@ class Projector(nn.Module):
 
     def num_slots(self, frames: int) -> int:
         """How many embeddings ``frames`` whisper frames become."""
-        for spec in self.layout:
-            if spec.kind == "conv":
-                pad = spec.kernel // 2
-                frames = (frames + 2 * pad - spec.kernel) // spec.stride + 1
-        return frames
+        return layout_slots(self.layout, frames)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels_first = False

@@ -181,7 +181,7 @@ def build_small(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
         vocab = 512
     eos = tokenizer.eos_token_id
     layout = M.default_projector_layout(whisper.config.d_model, cfg.projector_hidden, cfg.hidden, cfg.subsampling)
-    slots = Projector(layout).num_slots(whisper.config.max_source_positions)
+    slots = M.layout_slots(layout, whisper.config.max_source_positions)
     # the sliding layers see the whole prompt from every canvas position (512 is enough at x8: 188 slots + 160)
     window = max(512, 128 * math.ceil((slots + 64 + (cfg.canvas_length or 128)) / 128))
     config = small_backbone_config(
