@@ -219,9 +219,11 @@ def load_small_model(folder: Path, canvas_length: int | None = None):
         raise ModelLoadError(f"the small model in {folder} is incomplete or unreadable: {exc}") from exc
     backbone.config.canvas_length = canvas_length or int(info.get("canvas_length", backbone.config.canvas_length))
     try:
-        speech = SpeechModel(whisper, projector, backbone, prompt)
-    except ProjectorLayoutError as exc:
-        raise AdapterError(f"projector: {exc}") from exc
+        speech = SpeechModel(whisper, projector, backbone, prompt, canvas=info.get("canvas", "packed"))
+    except (ProjectorLayoutError, ValueError) as exc:
+        raise AdapterError(f"{folder / SMALL_MODEL_INFO}: {exc}") from exc
+    if speech.canvas == "aligned":  # one canvas position per audio slot, whatever canvas_length says
+        backbone.config.canvas_length = speech.num_slots
     return speech, tokenizer, features
 
 

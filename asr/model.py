@@ -21,6 +21,11 @@ AUDIO_TOKEN_ID = 258_881  # <|audio|>, one placeholder per audio embedding
 AUDIO_END_ID = 258_883  # <audio|>
 AUDIO_TOKENS = ("<|audio>", "<|audio|>", "<audio|>")
 SUBSAMPLING = 8  # whisper frames per audio embedding
+# How the transcript sits on the canvas. "packed" (the released adapter): its ids from the first position, then EOS,
+# then pad. "aligned" (for small models, ``asr.train --canvas aligned``): one position per audio slot, each id at the
+# slot where the CTC head's best path emits it, pad elsewhere. Two equal ids are never side by side there (CTC puts a
+# blank between them), so it is read as greedy CTC output is: adjacent repeats merged, pads dropped.
+CANVASES = ("packed", "aligned")
 
 
 class ProjectorLayoutError(ValueError):
@@ -215,7 +220,8 @@ def prompt_format_from_tokenizer(
 
 
 class SpeechModel(nn.Module):
-    """whisper encoder + projector + DiffusionGemma backbone (LoRA already injected, if any) + prompt format."""
+    """whisper encoder + projector + DiffusionGemma backbone (LoRA already injected, if any) + prompt format, and how
+    the canvas holds the transcript (``canvas``, one of ``CANVASES``)."""
 
     def __init__(
         self,
@@ -223,8 +229,12 @@ class SpeechModel(nn.Module):
         projector: Projector,
         backbone: DiffusionGemmaForBlockDiffusion,
         prompt: PromptFormat,
+        canvas: str = "packed",
     ):
         super().__init__()
+        if canvas not in CANVASES:
+            raise ValueError(f"canvas must be one of {CANVASES}, got {canvas!r}")
+        self.canvas = canvas
         self.whisper = whisper.eval().requires_grad_(False)
         self.projector = projector
         self.backbone = backbone

@@ -218,6 +218,8 @@ class Pipeline:
 
     def _content(self, canvas: list[int]) -> list[int]:
         prompt = self.model.prompt
+        if self.model.canvas == "aligned":  # one position per audio slot (model.CANVASES)
+            return ctc_collapse(list(canvas), blank=prompt.pad_id)
         return trim_tokens(list(canvas), prompt.eos_ids, prompt.pad_id)
 
     def _text(self, tokens: list[int]) -> str:

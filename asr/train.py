@@ -12,15 +12,17 @@ The three losses of the published recipe, on one batch of clips (B clips, canvas
   ``SpeechModel.prompt_embeddings``/``prefill``, with gradients) and is trained with cross-entropy against the clean
   canvas at every position (pad positions weighted by ``--pad-weight``). Self-conditioning: for each clip with
   probability 0.5 a first, no-gradient pass's logits, divided by a temperature drawn from the sampler's range
-  (0.4-0.8, as inference feeds them), are passed as ``self_conditioning_logits``.
+  (0.4-0.8, as inference feeds them), are passed as ``self_conditioning_logits``. With ``--canvas aligned`` the
+  clean canvas has one position per audio slot instead: each id at the slot where the CTC head's best path
+  (Viterbi, recomputed every batch from the current head) emits it, pad elsewhere (``asr.model.CANVASES``).
 - **ar** (autoregressive auxiliary): the causal encoder continues the prompt's cache with the transcript tokens
   (teacher forcing) and predicts each next token and finally EOS through the tied lm_head (with the model's logit
   soft-capping): the last prompt position predicts the first token.
 - **ctc**: the projector output (one row per audio slot: 8 whisper frames, or ``--subsampling``) goes through the
   lm_head weight (detached: frozen for this loss even when the backbone trains), log-softmax over the vocabulary, CTC
   against the transcript ids. Blank = the pad id (pad never occurs inside a transcript). Input length = the slots
-  that cover the clip's audio (6.25 per second at x8), or all slots of the 30 s window when the transcript has more
-  tokens than that (e.g. byte-level tokenizers).
+  that cover the clip's audio (6.25 per second at x8), or all slots of the 30 s window when no CTC path of the
+  transcript fits in those (its ids, with a blank between repeated ones; e.g. byte-level tokenizers).
 
 The total is ``w_diffusion * diffusion + w_ar * ar + w_ctc * ctc``. With ``--w-diffusion 0 --w-ar 0`` the
 backbone does not run at all: a CTC-only phase that trains the projector alone, many times faster per clip.
@@ -39,6 +41,7 @@ import argparse
 import copy
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -94,6 +97,7 @@ class TrainConfig:
     lora_rank: int = 16
     lora_alpha: float = 32.0
     canvas_length: int | None = None
+    canvas: str | None = None  # asr.model.CANVASES; None: as the model given was trained, else packed
     seed: int = 0
     save_every: int = 200
     log_every: int = 1
@@ -182,10 +186,11 @@ def build_small(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
     eos = tokenizer.eos_token_id
     layout = M.default_projector_layout(whisper.config.d_model, cfg.projector_hidden, cfg.hidden, cfg.subsampling)
     slots = M.layout_slots(layout, whisper.config.max_source_positions)
+    canvas = slots if cfg.canvas == "aligned" else cfg.canvas_length or 128
     # the sliding layers see the whole prompt from every canvas position (512 is enough at x8: 188 slots + 160)
-    window = max(512, 128 * math.ceil((slots + 64 + (cfg.canvas_length or 128)) / 128))
+    window = max(512, 128 * math.ceil((slots + 64 + canvas) / 128))
     config = small_backbone_config(
-        vocab, cfg.hidden, cfg.layers, cfg.heads, cfg.experts, cfg.canvas_length or 128, sliding_window=window,
+        vocab, cfg.hidden, cfg.layers, cfg.heads, cfg.experts, canvas, sliding_window=window,
         pad_id=tokenizer.pad_token_id or 0, eos_id=eos, bos_id=tokenizer.bos_token_id or 2,
     )  # fmt: skip
     state = torch.random.get_rng_state()
@@ -216,6 +221,7 @@ def continue_settings(cfg: TrainConfig) -> TrainConfig:
         whisper=whisper,
         tokenizer=str((folder / "tokenizer").resolve()),
         canvas_length=cfg.canvas_length or int(info["canvas_length"]),
+        canvas=cfg.canvas or info.get("canvas", "packed"),
     )
 
 
@@ -224,6 +230,8 @@ def build_model(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
     from . import loading
 
     dtype = getattr(torch, cfg.dtype)
+    if cfg.canvas not in (None, *M.CANVASES):
+        raise ValueError(f"--canvas must be one of {M.CANVASES}, got {cfg.canvas!r}")
     if cfg.model == "tiny-random":
         speech, tokenizer, features = loading.build_tiny(seed=cfg.seed, canvas_length=cfg.canvas_length or 16)
     elif cfg.model == "small":
@@ -251,6 +259,10 @@ def build_model(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
         finally:
             torch.random.set_rng_state(state)
     speech.projector.float()
+    if cfg.canvas is not None:
+        speech.canvas = cfg.canvas
+    if speech.canvas == "aligned":  # one canvas position per audio slot
+        speech.backbone.config.canvas_length = speech.num_slots
     return speech, tokenizer, features
 
 
@@ -493,6 +505,7 @@ class Batch:
     ctc_targets: torch.Tensor  # (sum of lengths,) concatenated ids
     target_lengths: torch.Tensor  # (B,)
     audio_slots: torch.Tensor  # (B,) slots covering each clip's audio
+    min_slots: torch.Tensor  # (B,) slots a CTC path of each transcript needs: its ids and a blank between repeats
 
 
 def make_batch(
@@ -530,7 +543,86 @@ def make_batch(
         ctc_targets=torch.tensor([t for e in examples for t in e.ids], dtype=torch.long),
         target_lengths=torch.tensor([len(e.ids) for e in examples], dtype=torch.long),
         audio_slots=torch.tensor(slots, dtype=torch.long),
+        min_slots=torch.tensor([len(e.ids) + sum(a == b for a, b in itertools.pairwise(e.ids)) for e in examples]),
     )
+
+
+@torch.no_grad()
+def ctc_alignment(
+    log_probs: torch.Tensor, targets: list[list[int]], lengths: torch.Tensor, blank: int
+) -> list[list[int]]:
+    """The best single CTC path (Viterbi) of each row's ``targets`` through the first ``lengths[b]`` slots of
+    ``log_probs`` (B, T, V): for every target id, the slot where that path emits it (the first slot of its run).
+
+    A row with no path (more ids, with a blank between repeated ones, than slots) gets its ids spread evenly.
+    """
+    B, T, _ = log_probs.shape
+    device = log_probs.device
+    n = torch.tensor([len(t) for t in targets], device=device)
+    S = 2 * int(n.max()) + 1
+    ext = torch.full((B, S), blank, dtype=torch.long, device=device)  # blank, id, blank, id, ..., blank
+    for b, t in enumerate(targets):
+        ext[b, 1 : 2 * len(t) : 2] = torch.tensor(t, dtype=torch.long, device=device)
+    valid = torch.arange(S, device=device)[None] < (2 * n + 1)[:, None]
+    skip = torch.zeros((B, S), dtype=torch.bool, device=device)  # s - 2 -> s: between two different ids
+    skip[:, 2:] = (ext[:, 2:] != blank) & (ext[:, 2:] != ext[:, :-2])
+    emit = log_probs.float().gather(2, ext[:, None, :].expand(B, T, S))  # (B, T, S)
+    neg = torch.tensor(float("-inf"), device=device)
+    alpha = torch.where(valid & (torch.arange(S, device=device) < 2)[None], emit[:, 0], neg)
+    back = torch.zeros((T, B, S), dtype=torch.long, device=device)  # 0 stay, 1 from s - 1, 2 from s - 2
+    lengths = lengths.to(device)
+    for t in range(1, T):
+        one = torch.cat([neg.expand(B, 1), alpha[:, :-1]], dim=1)
+        two = torch.where(skip, torch.cat([neg.expand(B, 2), alpha[:, :-2]], dim=1), neg)
+        best, arg = torch.stack([alpha, one, two], dim=-1).max(dim=-1)
+        active = (t < lengths)[:, None]
+        alpha = torch.where(active, torch.where(valid, best + emit[:, t], neg), alpha)
+        back[t] = torch.where(active, arg, 0)
+    rows = torch.arange(B, device=device)
+    last, before = 2 * n, (2 * n - 1).clamp(min=0)
+    state = torch.where(alpha[rows, before] > alpha[rows, last], before, last)
+    found = alpha[rows, state] > neg
+    path = torch.empty((T, B), dtype=torch.long, device=device)
+    for t in range(T - 1, -1, -1):
+        path[t] = state
+        state = state - back[t, rows, state]
+    path = path.T.tolist()
+    out = []
+    for b, t in enumerate(targets):
+        if not bool(found[b]):
+            out.append([int(i * int(lengths[b]) / len(t)) for i in range(len(t))])
+            continue
+        first: dict[int, int] = {}
+        for slot, s in enumerate(path[b][: int(lengths[b])]):
+            if s % 2 == 1:
+                first.setdefault(s // 2, slot)
+        out.append([first[j] for j in range(len(t))])
+    return out
+
+
+def ctc_input_lengths(batch: Batch, slots: int) -> torch.Tensor:
+    """The CTC input length of each clip: the slots covering its audio, or all ``slots`` of the window when no CTC path
+    of its transcript fits in those (more ids, with a blank between repeated ones, than slots)."""
+    lengths = batch.audio_slots.clamp(max=slots)
+    return torch.where(batch.min_slots > lengths, torch.full_like(lengths, slots), lengths)
+
+
+@torch.no_grad()
+def aligned_batch(speech: SpeechModel, audio: torch.Tensor, batch: Batch, pad_weight: float = 1.0) -> Batch:
+    """``batch`` with the aligned canvas (``asr.model.CANVASES``) of the audio embeddings ``audio`` (B, slots, H):
+    each transcript id at the slot where the CTC head's best path emits it, pad elsewhere, weight ``pad_weight``
+    there."""
+    B, slots, _ = audio.shape
+    pad = speech.prompt.pad_id
+    log_probs = F.log_softmax(speech.ctc_logits(audio).float(), dim=-1)
+    targets = [t.tolist() for t in batch.ctc_targets.split(batch.target_lengths.tolist())]
+    where = ctc_alignment(log_probs, targets, ctc_input_lengths(batch, slots), blank=pad)
+    canvas = torch.full((B, slots), pad, dtype=torch.long)
+    for b, (ids, at) in enumerate(zip(targets, where, strict=True)):
+        canvas[b, at] = torch.tensor(ids)
+    text = canvas != pad
+    weight = torch.where(text, 1.0, float(pad_weight))
+    return dataclasses.replace(batch, canvas=canvas, canvas_weight=weight, canvas_text=text)
 
 
 # --- the losses -----------------------------------------------------------------------------------------------------
@@ -580,18 +672,19 @@ def compute_losses(
     device = next(backbone.parameters()).device
     frames = frames.to(device=device, dtype=next(speech.projector.parameters()).dtype)
     audio = speech.projector(frames).to(backbone.dtype)  # (B, S, H)
-    out = _backbone_losses(speech, audio, batch, cfg, generator) if cfg.w_diffusion or cfg.w_ar else {}
+    out = {}
+    if cfg.w_diffusion or cfg.w_ar:
+        if cfg.canvas == "aligned":
+            batch = aligned_batch(speech, audio, batch, cfg.pad_weight)
+        out = _backbone_losses(speech, audio, batch, cfg, generator)
 
     # (c) CTC on the projector output through the frozen lm_head; blank = pad id
-    S = audio.shape[1]
     ctc_logits = speech.ctc_logits(audio, detach_head=True)
     log_probs = F.log_softmax(ctc_logits.float(), dim=-1).transpose(0, 1)  # (S, B, V)
-    input_lengths = batch.audio_slots.clamp(max=S)
-    input_lengths = torch.where(batch.target_lengths > input_lengths, torch.full_like(input_lengths, S), input_lengths)
     ctc = F.ctc_loss(
         log_probs,
         batch.ctc_targets.to(device),
-        input_lengths.to(device),
+        ctc_input_lengths(batch, audio.shape[1]).to(device),
         batch.target_lengths.to(device),
         blank=speech.prompt.pad_id,
         reduction="mean",
@@ -723,6 +816,7 @@ def export_model(
             "pad_id": p.pad_id,
         },  # fmt: skip
         "canvas_length": speech.canvas_length,
+        "canvas": speech.canvas,
         "whisper": "tiny-random" if cfg.model == "tiny-random" else _relative_to(cfg.whisper, out),
         "projector_layout": [dataclasses.asdict(s) for s in speech.projector.layout],
         "train": dataclasses.asdict(cfg),
@@ -810,6 +904,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
         # the data of this call, not of the saved one
         cfg = dataclasses.replace(saved, steps=cfg.steps, prefetch=cfg.prefetch, wait_for=cfg.wait_for, **changed)
     cfg = continue_settings(cfg)
+    cfg = dataclasses.replace(cfg, canvas=cfg.canvas or "packed")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if str(cfg.device).startswith("cuda"):  # float32 training: TF32 tensor cores for matmuls and convolutions
@@ -861,7 +956,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
     if progress:
         print(
             f"{cfg.model} ({cfg.train}): {n_train / 1e6:.2f} M trainable parameters; {len(examples)} clips "
-            f"({dropped} dropped); canvas {speech.canvas_length}; steps {step} -> {cfg.steps}",
+            f"({dropped} dropped); canvas {speech.canvas_length} ({cfg.canvas}); steps {step} -> {cfg.steps}",
             file=sys.stderr,
         )
     eval_utts = read_manifest(cfg.eval_manifest)[: cfg.eval_count] if cfg.eval_manifest and cfg.eval_every else []
@@ -1010,6 +1105,10 @@ def parser() -> argparse.ArgumentParser:
     for name in ("cache_dir", "cache_dtype", "device", "whisper", "tokenizer", "backbone", "whisper_id", "dtype",
                  "eval_manifest"):  # fmt: skip
         p.add_argument("--" + name.replace("_", "-"), default=getattr(d, name), help=helps.get(name))
+    p.add_argument("--canvas", choices=M.CANVASES, help="packed: the transcript from the canvas's first position, then "
+                   "EOS, then pad (the released adapter's); aligned: one position per audio slot, each id where the "
+                   "CTC head's best path emits it (the canvas length is then the slot count). Default: as the model "
+                   "given was trained, else packed")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 
@@ -124,6 +125,97 @@ def test_total_loss_falls_on_a_fixed_batch(manifest, tmp_path):
     assert after["total"] < 0.8 * before["total"], (before, after)
     for name in ("diffusion", "ar", "ctc"):
         assert after[name] < before[name], (name, before, after)
+
+
+def _best_path_slots(log_probs: torch.Tensor, target: list[int], blank: int) -> list[int] | None:
+    """Brute force: of every path of labels that CTC-collapses to ``target``, the highest-scoring one's emission
+    slots (the first slot of each id's run); None when there is no such path."""
+    from asr.decoding import ctc_collapse
+
+    best = None
+    for path in itertools.product(sorted({blank, *target}), repeat=len(log_probs)):
+        if ctc_collapse(list(path), blank) == target:
+            score = sum(float(log_probs[t, s]) for t, s in enumerate(path))
+            if best is None or score > best[0]:
+                best = (score, path)
+    if best is None:
+        return None
+    return [t for t, s in enumerate(best[1]) if s != blank and (t == 0 or best[1][t - 1] != s)]
+
+
+def test_ctc_alignment_is_the_best_path():
+    g = torch.Generator().manual_seed(0)
+    checked = 0
+    for _ in range(40):
+        T_ = int(torch.randint(3, 7, (1,), generator=g))
+        targets = [torch.randint(1, 4, (int(torch.randint(1, 4, (1,), generator=g)),), generator=g).tolist()
+                   for _ in range(3)]  # fmt: skip
+        lengths = torch.randint(2, T_ + 1, (3,), generator=g)
+        log_probs = torch.randn(3, T_, 5, generator=g).log_softmax(-1)
+        got = T.ctc_alignment(log_probs, targets, lengths, blank=0)
+        for b, target in enumerate(targets):
+            want = _best_path_slots(log_probs[b, : int(lengths[b])], target, blank=0)
+            if want is not None:
+                assert got[b] == want, (target, int(lengths[b]))
+                checked += 1
+    assert checked > 60
+    # no path (a repeated id needs a blank between: 3 slots are too few for [1, 1, 1]): spread evenly
+    assert T.ctc_alignment(torch.zeros(1, 4, 3), [[1, 1, 1]], torch.tensor([4]), blank=0) == [[0, 1, 2]]
+
+
+def test_aligned_canvas_is_one_slot_per_position_and_reads_back_as_the_transcript(manifest, tmp_path):
+    from asr.pipeline import Pipeline
+
+    cfg = T.TrainConfig(manifest=str(manifest), out=str(tmp_path / "run"), model="tiny-random", canvas="aligned")
+    speech, tokenizer, features = T.build_model(cfg)
+    assert speech.canvas_length == speech.num_slots == 188
+    examples, _ = T.prepare_examples(T.read_manifest(manifest), tokenizer, speech.canvas_length)
+    cache = T.FrameCache(tmp_path / "frames", speech, features)
+    batch = T.make_batch(examples, speech.prompt, speech.canvas_length, pad_weight=0.1)
+    audio = speech.projector(cache.load(examples))
+    aligned = T.aligned_batch(speech, audio, batch, pad_weight=0.1)
+    pad = speech.prompt.pad_id
+    pipe = Pipeline(speech, tokenizer, features, name="tiny", device="cpu")
+    for b, example in enumerate(examples):
+        row, text = aligned.canvas[b], aligned.canvas_text[b]
+        assert pipe.decode(row.tolist()) == example.text  # inference reads the canvas the same way
+        assert text.tolist() == (row != pad).tolist() and int(text.sum()) == len(example.ids)
+        assert torch.equal(aligned.canvas_weight[b], torch.where(text, 1.0, 0.1))
+        if batch.min_slots[b] <= batch.audio_slots[b]:  # the ids are placed within the clip's audio when they fit
+            assert int(text.nonzero().max()) < batch.audio_slots[b]
+    # read as greedy CTC output: a repeat side by side is one id (the targets never hold one), pads are dropped
+    a, b = tokenizer.encode("ab", add_special_tokens=False)
+    assert pipe.decode([a, a, pad, b, pad, a]) == "aba"
+    speech.canvas = "packed"
+    assert pipe.decode([a, a, pad, b, pad, a]) == "aaba"
+    speech.canvas = "aligned"
+    losses = T.compute_losses(speech, cache.load(examples), batch, cfg, torch.Generator().manual_seed(0))
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_aligned_small_model_trains_exports_transcribes_and_continues_aligned(manifest, tmp_path):
+    from asr.loading import load_small_model
+
+    out = tmp_path / "aligned"
+    cfg = T.TrainConfig(
+        manifest=str(manifest), out=str(out), model="small", train="all", whisper="tiny-random", tokenizer="byte",
+        hidden=32, layers=2, heads=2, experts=2, projector_hidden=32, canvas="aligned", steps=2, batch_size=2,
+    )  # fmt: skip
+    T.train(cfg, progress=False)
+    info = json.loads((out / "model" / "speech.json").read_text())
+    assert info["canvas"] == "aligned" and info["canvas_length"] == 188
+    pipe = asr.load(str(out / "model"), device="cpu")
+    assert pipe.model.canvas == "aligned" and pipe.model.canvas_length == pipe.model.num_slots == 188
+    assert isinstance(pipe.transcribe(str(manifest.parent / "c1.flac"), steps=2).text, str)
+    code = T.main(["--manifest", str(manifest), "--out", str(tmp_path / "more"), "--model", str(out / "model"),
+                   "--steps", "1", "--batch-size", "2", "--quiet"])  # fmt: skip
+    assert code == 0 and T.read_checkpoint(tmp_path / "more" / T.CHECKPOINT)["config"]["canvas"] == "aligned"
+    with pytest.raises(ValueError, match="--canvas"):
+        T.build_model(dataclasses.replace(cfg, canvas="diagonal"))
+    info["canvas"] = "diagonal"
+    (out / "model" / "speech.json").write_text(json.dumps(info))
+    with pytest.raises(asr.ModelLoadError, match="canvas must be one of"):
+        load_small_model(out / "model")
 
 
 def test_resume_gives_the_same_state(manifest, tmp_path):

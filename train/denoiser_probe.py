@@ -33,7 +33,10 @@ def probe(model: str, manifest: str, count: int, gammas: list[float], seed: int 
     batch = T.make_batch(examples, speech.prompt, speech.canvas_length)
     backbone = speech.backbone
     vocab = backbone.config.text_config.vocab_size
-    embeds = speech.prompt_embeddings(speech.projector(frames).to(backbone.dtype))
+    audio = speech.projector(frames).to(backbone.dtype)
+    if cfg.canvas == "aligned":
+        batch = T.aligned_batch(speech, audio, batch)
+    embeds = speech.prompt_embeddings(audio)
     B, C = batch.canvas.shape
     P = embeds.shape[1]
     text = batch.canvas_text
