@@ -89,6 +89,7 @@ class TrainConfig:
     w_diffusion: float = 1.0
     w_ar: float = 0.5
     w_ctc: float = 0.5
+    ctc_steps: int = 0  # the first steps train CTC only (no backbone): a head to align to, for --canvas aligned
     pad_weight: float = 1.0
     gamma_power: float = 1.0  # noise levels: 1 uniform, > 1 denser near the all-noise canvas (see noise_levels)
     self_conditioning: float = 0.5
@@ -976,9 +977,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
         elif profiler is not None and step == first_step + 2 + cfg.profile_steps:
             _write_profile(profiler, out / "profile.txt", cfg.device, cfg.profile_steps, progress)
             profiler = None
-        if cfg.time_budget and step == first_step + 5:
+        timed = max(first_step, cfg.ctc_steps)  # steps with every loss (CTC-only ones are faster)
+        if cfg.time_budget and step == timed + 5:
             timed_from = time.perf_counter()
-        elif cfg.time_budget and timed_from is not None and step == first_step + 25:  # fit --steps to the budget
+        elif cfg.time_budget and timed_from is not None and step == timed + 25:  # fit --steps to the budget
             per_step = (time.perf_counter() - timed_from) / 20
             left = cfg.time_budget - (time.perf_counter() - run_started)
             cfg = dataclasses.replace(cfg, steps=step + max(1, int(0.95 * left / per_step)))
@@ -994,7 +996,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
         batch = make_batch(chosen, speech.prompt, speech.canvas_length, cfg.pad_weight, speech.projector.subsampling)
         optimizer.zero_grad(set_to_none=True)
         try:
-            losses = losses_fn(speech, cache.load(chosen), batch, cfg, generator)
+            phase = cfg if step >= cfg.ctc_steps else dataclasses.replace(cfg, w_diffusion=0.0, w_ar=0.0)
+            losses = losses_fn(speech, cache.load(chosen), batch, phase, generator)
             losses["total"].backward()
         except torch.OutOfMemoryError:
             # The first steps show whether a batch fits: halve it then (rather than lose the run), not later.
@@ -1095,7 +1098,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-for", help="with --prefetch: the file whose existence says the data is complete")
     p.add_argument("--time-budget", type=float, help="seconds for the whole run (model, frames, steps): --steps is "
                    "set from the step time measured after 25 steps (the LR schedule follows it)")  # fmt: skip
-    for name in ("batch_size", "lr", "warmup", "weight_decay", "grad_clip", "w_diffusion", "w_ar", "w_ctc",
+    for name in ("batch_size", "lr", "warmup", "weight_decay", "grad_clip", "w_diffusion", "w_ar", "w_ctc", "ctc_steps",
                  "pad_weight", "gamma_power", "self_conditioning", "lora_rank", "lora_alpha", "canvas_length", "seed",
                  "save_every", "log_every", "threads", "hidden", "layers", "heads", "experts", "projector_hidden",
                  "subsampling", "eval_every", "eval_count", "eval_steps", "max_seconds", "min_lr_ratio"):  # fmt: skip

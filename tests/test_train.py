@@ -218,6 +218,14 @@ def test_aligned_small_model_trains_exports_transcribes_and_continues_aligned(ma
         load_small_model(out / "model")
 
 
+def test_ctc_steps_train_ctc_only_first_then_every_loss(manifest, tmp_path):
+    out = tmp_path / "phases"
+    cfg = T.TrainConfig(manifest=str(manifest), out=str(out), model="tiny-random", canvas="aligned", ctc_steps=2,
+                        steps=3, batch_size=2, save_every=100)  # fmt: skip
+    rows = T.train(cfg, progress=False).history
+    assert [set(r) & {"ctc", "diffusion", "ar"} for r in rows] == [{"ctc"}, {"ctc"}, {"ctc", "diffusion", "ar"}]
+
+
 def test_resume_gives_the_same_state(manifest, tmp_path):
     base = dict(manifest=str(manifest), model="tiny-random", batch_size=2, warmup=2, save_every=2, lr=2e-3)
     straight = T.train(T.TrainConfig(out=str(tmp_path / "a"), steps=4, **base), progress=False)
