@@ -233,6 +233,8 @@ def build_model(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
     dtype = getattr(torch, cfg.dtype)
     if cfg.canvas not in (None, *M.CANVASES):
         raise ValueError(f"--canvas must be one of {M.CANVASES}, got {cfg.canvas!r}")
+    if cfg.canvas == "aligned" and cfg.train != "all":
+        raise ValueError("--canvas aligned needs --train all (a small model): the adapter file does not record it")
     if cfg.model == "tiny-random":
         speech, tokenizer, features = loading.build_tiny(seed=cfg.seed, canvas_length=cfg.canvas_length or 16)
     elif cfg.model == "small":

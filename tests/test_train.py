@@ -166,7 +166,9 @@ def test_ctc_alignment_is_the_best_path():
 def test_aligned_canvas_is_one_slot_per_position_and_reads_back_as_the_transcript(manifest, tmp_path):
     from asr.pipeline import Pipeline
 
-    cfg = T.TrainConfig(manifest=str(manifest), out=str(tmp_path / "run"), model="tiny-random", canvas="aligned")
+    cfg = T.TrainConfig(
+        manifest=str(manifest), out=str(tmp_path / "run"), model="tiny-random", train="all", canvas="aligned"
+    )
     speech, tokenizer, features = T.build_model(cfg)
     assert speech.canvas_length == speech.num_slots == 188
     examples, _ = T.prepare_examples(T.read_manifest(manifest), tokenizer, speech.canvas_length)
@@ -212,6 +214,8 @@ def test_aligned_small_model_trains_exports_transcribes_and_continues_aligned(ma
     assert code == 0 and T.read_checkpoint(tmp_path / "more" / T.CHECKPOINT)["config"]["canvas"] == "aligned"
     with pytest.raises(ValueError, match="--canvas"):
         T.build_model(dataclasses.replace(cfg, canvas="diagonal"))
+    with pytest.raises(ValueError, match="needs --train all"):
+        T.build_model(dataclasses.replace(cfg, train="projector+lora"))
     info["canvas"] = "diagonal"
     (out / "model" / "speech.json").write_text(json.dumps(info))
     with pytest.raises(asr.ModelLoadError, match="canvas must be one of"):
@@ -220,8 +224,8 @@ def test_aligned_small_model_trains_exports_transcribes_and_continues_aligned(ma
 
 def test_ctc_steps_train_ctc_only_first_then_every_loss(manifest, tmp_path):
     out = tmp_path / "phases"
-    cfg = T.TrainConfig(manifest=str(manifest), out=str(out), model="tiny-random", canvas="aligned", ctc_steps=2,
-                        steps=3, batch_size=2, save_every=100)  # fmt: skip
+    cfg = T.TrainConfig(manifest=str(manifest), out=str(out), model="tiny-random", train="all", canvas="aligned",
+                        ctc_steps=2, steps=3, batch_size=2, save_every=100)  # fmt: skip
     rows = T.train(cfg, progress=False).history
     assert [set(r) & {"ctc", "diffusion", "ar"} for r in rows] == [{"ctc"}, {"ctc"}, {"ctc", "diffusion", "ar"}]
 
