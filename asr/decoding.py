@@ -55,10 +55,13 @@ class DenoiseResult:
 StepFn = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
-def decoder_inputs(backbone, cache: Cache, prompt_length: int, batch_size: int) -> tuple[dict, torch.Tensor]:
-    """The decoder's attention-mask mapping and position ids for a canvas that follows a prefilled prompt of
-    ``prompt_length`` tokens (as ``generate()`` builds them): ``(mask_mapping, positions)``."""
-    canvas_length = backbone.config.canvas_length
+def decoder_inputs(
+    backbone, cache: Cache, prompt_length: int, batch_size: int, canvas_length: int | None = None
+) -> tuple[dict, torch.Tensor]:
+    """The decoder's attention-mask mapping and position ids for a canvas (of ``canvas_length`` positions, default
+    the model's) that follows a prefilled prompt of ``prompt_length`` tokens (as ``generate()`` builds them):
+    ``(mask_mapping, positions)``."""
+    canvas_length = canvas_length or backbone.config.canvas_length
     device = backbone.device
     positions = torch.arange(prompt_length, prompt_length + canvas_length, dtype=torch.int32, device=device)[None]
     mask_mapping = backbone.model.decoder.create_diffusion_decoder_attention_mask(
@@ -70,9 +73,9 @@ def decoder_inputs(backbone, cache: Cache, prompt_length: int, batch_size: int) 
     return mask_mapping, positions
 
 
-def eager_step(backbone, cache: Cache, prompt_length: int, batch_size: int) -> StepFn:
+def eager_step(backbone, cache: Cache, prompt_length: int, batch_size: int, canvas_length: int | None = None) -> StepFn:
     """The decoder forward over the prefilled prompt ``cache``: ``(canvas, self_conditioning) -> logits``."""
-    mask_mapping, positions = decoder_inputs(backbone, cache, prompt_length, batch_size)
+    mask_mapping, positions = decoder_inputs(backbone, cache, prompt_length, batch_size, canvas_length)
 
     def step(canvas: torch.Tensor, self_conditioning: torch.Tensor | None) -> torch.Tensor:
         return backbone(
@@ -96,15 +99,17 @@ def denoise(
     generator: torch.Generator | None = None,
     record: bool = True,
     step: StepFn | None = None,
+    canvas_length: int | None = None,
 ) -> DenoiseResult:
     """Denoise one canvas per batch row, attending to the prefilled prompt ``cache`` of ``prompt_length`` tokens.
 
     ``step`` runs the decoder (default :func:`eager_step`; :mod:`asr.fast` passes a CUDA-graph replay).
+    ``canvas_length``: the canvas's positions (default the model's ``config.canvas_length``; ``step`` must match).
     """
     config = backbone.config
-    vocab, canvas_length = config.text_config.vocab_size, config.canvas_length
+    vocab, canvas_length = config.text_config.vocab_size, canvas_length or config.canvas_length
     device = backbone.device
-    step = step or eager_step(backbone, cache, prompt_length, batch_size)
+    step = step or eager_step(backbone, cache, prompt_length, batch_size, canvas_length)
     sampler = EntropyBoundSampler(
         EntropyBoundSamplerConfig(entropy_bound=options.entropy_bound), canvas_length, vocab, options.steps
     )

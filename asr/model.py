@@ -59,6 +59,12 @@ def default_projector_layout(in_dim: int, hidden: int, out_dim: int, subsampling
     ]
 
 
+def audio_slots(seconds: float, subsampling: int = SUBSAMPLING) -> int:
+    """The audio slots that cover ``seconds`` of audio at the start of a window (whisper: 50 frames per second),
+    plus one for the frame the projector's convolutions smear over the audio's end."""
+    return math.ceil(seconds * 50 / subsampling) + 1
+
+
 def layout_slots(layout: list[LayerSpec], frames: int) -> int:
     """How many embeddings ``frames`` whisper frames become in a projector of ``layout`` (no module needed)."""
     for spec in layout:
@@ -255,6 +261,13 @@ class SpeechModel(nn.Module):
     @property
     def canvas_length(self) -> int:
         return self.backbone.config.canvas_length
+
+    def canvas_for(self, seconds: float) -> int:
+        """The canvas positions a window holding ``seconds`` of audio needs: the whole canvas when it is packed; when
+        it is aligned, the slots that cover the audio (every later position is pad by construction)."""
+        if self.canvas == "aligned":
+            return min(self.canvas_length, audio_slots(seconds, self.projector.subsampling))
+        return self.canvas_length
 
     def embed_audio(self, features: torch.Tensor) -> torch.Tensor:
         """Log-mel features (B, n_mels, 3000) -> audio embeddings (B, slots, hidden), in the backbone's dtype."""

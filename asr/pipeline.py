@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import threading
@@ -184,13 +185,13 @@ class Pipeline:
             graphs = self.cuda_graphs and len(spans) <= self.graph_max_batch
             prefill = (lambda: fast.prefill(self.model, embeds)) if graphs else (lambda: self.model.prefill(embeds))
             cache = self._timed(stages, "prefill", prefill)
-            run = fast.denoise if graphs else denoise
+            if graphs:  # a graph is captured for the model's canvas length
+                run = functools.partial(fast.denoise, self.model.backbone, cache)
+            else:  # an aligned canvas needs only the positions of the audio's slots (model.CANVASES)
+                length = max(self.model.canvas_for(s.duration) for s in spans)
+                run = functools.partial(denoise, self.model.backbone, cache, canvas_length=length)
             result = self._timed(
-                stages,
-                "denoise",
-                lambda: run(
-                    self.model.backbone, cache, embeds.shape[1], len(spans), options, generator, record=record_steps
-                ),
+                stages, "denoise", lambda: run(embeds.shape[1], len(spans), options, generator, record=record_steps)
             )
         segments = []
         for i, span in enumerate(spans):

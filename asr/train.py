@@ -536,7 +536,6 @@ def make_batch(
         ar_input[i, :n] = torch.tensor(e.ids)
         ar_target[i, :n] = torch.tensor(e.ids)
         ar_target[i, n] = eos
-    slots = [math.ceil(e.seconds * 50 / subsampling) + 1 for e in examples]  # whisper: 50 frames per second
     return Batch(
         canvas=canvas,
         canvas_weight=weight,
@@ -545,7 +544,7 @@ def make_batch(
         ar_target=ar_target,
         ctc_targets=torch.tensor([t for e in examples for t in e.ids], dtype=torch.long),
         target_lengths=torch.tensor([len(e.ids) for e in examples], dtype=torch.long),
-        audio_slots=torch.tensor(slots, dtype=torch.long),
+        audio_slots=torch.tensor([M.audio_slots(e.seconds, subsampling) for e in examples], dtype=torch.long),
         min_slots=torch.tensor([len(e.ids) + sum(a == b for a, b in itertools.pairwise(e.ids)) for e in examples]),
     )
 

@@ -55,6 +55,27 @@ def test_same_canvas_as_generate(stack, batch, steps):
         assert len(ours.trace[b]) == steps
 
 
+def test_a_shorter_canvas_matches_generate_with_that_canvas_length(stack):
+    """``canvas_length`` (what an aligned canvas uses for short audio) denoises that many positions, exactly as
+    generate() does for a model configured with that canvas length."""
+    batch, steps, seed, length = 2, 4, 11, 9
+    cache, ref_cache, last_ids, prompt_len = _prefilled(stack, batch, seed=5)
+    options = DenoiseOptions(steps=steps)
+    ours = denoise(stack.backbone, cache, prompt_len, batch, options, torch.Generator().manual_seed(seed),
+                   canvas_length=length)  # fmt: skip
+    full = stack.canvas_length
+    stack.backbone.config.canvas_length = length
+    try:
+        torch.manual_seed(seed)
+        ref = stack.backbone.generate(
+            input_ids=last_ids, past_key_values=ref_cache, max_new_tokens=length, max_denoising_steps=steps
+        )
+    finally:
+        stack.backbone.config.canvas_length = full
+    assert ours.tokens.shape == (batch, length) and ours.trace[0].canvas.shape == (steps, length)
+    assert torch.equal(ours.tokens, ref.sequences[:, -length:])
+
+
 def test_early_stop_matches_generate(stack):
     """A loose confidence threshold makes the stability rule end denoising early, in both implementations."""
     batch, steps, seed = 2, 24, 3

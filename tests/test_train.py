@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 
 import asr
+from asr import model as M
 from asr import train as T
 
 SR = 16_000
@@ -208,7 +209,10 @@ def test_aligned_small_model_trains_exports_transcribes_and_continues_aligned(ma
     assert info["canvas"] == "aligned" and info["canvas_length"] == 188
     pipe = asr.load(str(out / "model"), device="cpu")
     assert pipe.model.canvas == "aligned" and pipe.model.canvas_length == pipe.model.num_slots == 188
-    assert isinstance(pipe.transcribe(str(manifest.parent / "c1.flac"), steps=2).text, str)
+    segment = pipe.transcribe(str(manifest.parent / "c1.flac"), steps=2).segments[0]
+    assert isinstance(segment.text, str)
+    # only the positions of the audio's slots are denoised (the rest of an aligned canvas is pad)
+    assert segment.steps.canvas.shape == (2, M.audio_slots(segment.end - segment.start))
     code = T.main(["--manifest", str(manifest), "--out", str(tmp_path / "more"), "--model", str(out / "model"),
                    "--steps", "1", "--batch-size", "2", "--quiet"])  # fmt: skip
     assert code == 0 and T.read_checkpoint(tmp_path / "more" / T.CHECKPOINT)["config"]["canvas"] == "aligned"
