@@ -970,6 +970,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
     speech.whisper.eval()
     started = time.perf_counter()
     first_step, timed_from = step, None
+    full_from = max(first_step, cfg.ctc_steps)  # the first step with every loss (--ctc-steps: CTC only before it)
     losses_fn = torch.compile(compute_losses, backend=cfg.compile) if cfg.compile else compute_losses
     profiler = None
     while step < cfg.steps:
@@ -978,10 +979,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
         elif profiler is not None and step == first_step + 2 + cfg.profile_steps:
             _write_profile(profiler, out / "profile.txt", cfg.device, cfg.profile_steps, progress)
             profiler = None
-        timed = max(first_step, cfg.ctc_steps)  # steps with every loss (CTC-only ones are faster)
-        if cfg.time_budget and step == timed + 5:
+        if cfg.time_budget and step == full_from + 5:
             timed_from = time.perf_counter()
-        elif cfg.time_budget and timed_from is not None and step == timed + 25:  # fit --steps to the budget
+        elif cfg.time_budget and timed_from is not None and step == full_from + 25:  # fit --steps to the budget
             per_step = (time.perf_counter() - timed_from) / 20
             left = cfg.time_budget - (time.perf_counter() - run_started)
             cfg = dataclasses.replace(cfg, steps=step + max(1, int(0.95 * left / per_step)))
@@ -1002,7 +1002,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
             losses["total"].backward()
         except torch.OutOfMemoryError:
             # The first steps show whether a batch fits: halve it then (rather than lose the run), not later.
-            if step >= first_step + 5 or cfg.batch_size < 2:
+            if step >= full_from + 5 or cfg.batch_size < 2:
                 raise
             losses = None
             optimizer.zero_grad(set_to_none=True)
@@ -1012,7 +1012,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
             print(f"\nout of memory at step {step + 1}: batch size now {cfg.batch_size}", file=sys.stderr)
             continue
         except Exception as exc:  # noqa: BLE001 - a failed compilation must not end the run: go on eagerly
-            if losses_fn is compute_losses or step >= first_step + 5:
+            if losses_fn is compute_losses or step >= full_from + 5:
                 raise
             losses_fn = compute_losses
             optimizer.zero_grad(set_to_none=True)

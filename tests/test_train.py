@@ -478,6 +478,16 @@ def test_out_of_memory_in_the_first_steps_halves_the_batch(manifest, tmp_path, m
     with pytest.raises(torch.OutOfMemoryError):  # at step 7 the batch has long been known to fit
         T.train(dataclasses.replace(cfg, out=str(tmp_path / "late"), steps=10, batch_size=2), progress=False)
     assert calls == [2] * 7
+
+    def backbone_too_big(speech, frames, batch, cfg, generator):  # the CTC-only steps fit, the full ones do not
+        if cfg.w_diffusion and len(frames) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(speech, frames, batch, cfg, generator)
+
+    monkeypatch.setattr(T, "compute_losses", backbone_too_big)  # after --ctc-steps, the first full steps may halve
+    phases = dataclasses.replace(cfg, out=str(tmp_path / "phases"), train="all", ctc_steps=6, steps=8, batch_size=2)
+    assert T.train(phases, progress=False).step == 8
+    assert T.read_checkpoint(tmp_path / "phases" / T.CHECKPOINT)["config"]["batch_size"] == 1
     monkeypatch.setattr(T, "compute_losses", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("always")))
     with pytest.raises(torch.OutOfMemoryError):  # batch 1 cannot be halved
         T.train(dataclasses.replace(cfg, out=str(tmp_path / "one"), batch_size=1), progress=False)
