@@ -4,6 +4,7 @@ makes the clips and the manifest, training prefetches their whisper frames, trai
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import tarfile
@@ -20,8 +21,8 @@ md = train_script("make_data")
 
 @pytest.mark.skipif(importlib.util.find_spec("espeakng_loader") is None, reason="espeakng-loader is not installed")
 def test_gpu_train_run_on_the_cpu(tmp_path):
-    """Also a natural-voice recipe's pieces: Pico jobs (where py-nanotts is installed) and carried clips (EXTRA)
-    listed EXTRA_REPEAT times in the manifest."""
+    """Also a natural-voice recipe's pieces: Pico jobs (where py-nanotts is installed), carried clips (EXTRA)
+    listed EXTRA_REPEAT times in the manifest, and the aligned canvas after a CTC-only step (train/README.md §3b)."""
     voices = [md.Voice("espeak", "en-us+m1", 1.0, 50)]
     if importlib.util.find_spec("py_nanotts") is not None:
         voices.append(md.Voice("pico", "en-GB", 1.1))
@@ -37,7 +38,7 @@ def test_gpu_train_run_on_the_cpu(tmp_path):
         os.environ, SKIP_INSTALL="1", DEVICE="cpu", TOKENIZER="byte", BATCH="2", EXTRA=str(extra), EXTRA_REPEAT="2",
         JOBS=str(tmp_path / "jobs.jsonl.gz"), SYNTH=str(tmp_path / "synth"), RUN=str(tmp_path / "run"),
         OUT=str(tmp_path / "out"), MANIFEST=str(tmp_path / "train.tsv"), MAKE_DATA_ESPEAK="library",
-        DEADLINE=str(int(time.time()) + 240), TRAIN_ARGS="--steps 3 --threads 1",
+        DEADLINE=str(int(time.time()) + 240), TRAIN_ARGS="--steps 3 --threads 1 --canvas aligned --ctc-steps 1",
     )  # fmt: skip
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     done = subprocess.run(["bash", "train/gpu_train.sh", "run"], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -50,3 +51,5 @@ def test_gpu_train_run_on_the_cpu(tmp_path):
         assert {"backbone/config.json", "backbone/model.safetensors"} <= set(tar.getnames())
     with tarfile.open(tmp_path / "out" / "small-rest.tar") as tar:
         assert {"./speech.json", "./projector.safetensors", "./log.jsonl"} <= set(tar.getnames())
+        info = json.load(tar.extractfile("./speech.json"))
+    assert info["canvas"] == "aligned" and info["train"]["ctc_steps"] == 1  # the recipe's TRAIN_ARGS, as on the GPU

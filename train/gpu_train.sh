@@ -6,7 +6,7 @@
 #                  engines' clips of SYNTH_DIR as opus and a model to continue from; checks the 64 MiB)
 #   device tool:   carry [".whl", ".data"] (64 MiB with the tracked tree: check `du -sb .whl .data`), kind
 #                  nvidia-h200 (or an H100: the batch follows the GPU's memory), timeout_s 590, command:
-#                  T0=$(date +%s) TRAIN_ARGS="--profile-steps 5" bash train/gpu_train.sh run
+#                  T0=$(date +%s) TRAIN_ARGS="--canvas aligned --ctc-steps 100 --profile-steps 5" bash train/gpu_train.sh run
 #                  or beside the benchmark (as on 2026-11-27, a fresh machine):
 #                  T0=$(date +%s); bash train/gpu_train.sh install && (bash train/gpu_train.sh data &) && \
 #                  BENCH_BUDGET_S=230 taskset -c 0,1 bash bench/gpu_run.sh; DEADLINE=$((T0 + 560)) bash train/gpu_train.sh train
