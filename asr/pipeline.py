@@ -169,18 +169,16 @@ class Pipeline:
         stages[name] = stages.get(name, 0.0) + time.perf_counter() - t
         return out
 
-    def _features(self, wave: np.ndarray, spans: list[A.Span], stages: dict[str, float]) -> torch.Tensor:
-        """Log-mel features of the windows ``spans`` (outside the model lock: other requests' models can run)."""
-        return self._timed(stages, "features", lambda: self.features([A.cut(wave, s) for s in spans]))
-
-    def _embed(self, feats: torch.Tensor, stages: dict[str, float]) -> torch.Tensor:
-        """Audio embeddings of ``feats``; call inside the model lock and context."""
-        return self._timed(stages, "encoder+projector", lambda: self.model.embed_audio(feats.to(self.device)))
+    @contextlib.contextmanager
+    def _audio_embeddings(self, wave: np.ndarray, spans: list[A.Span], stages: dict[str, float]):
+        """The audio embeddings of the windows ``spans``, yielded inside the model lock and context (the log-mel
+        features are computed before taking the lock: other requests' models can run meanwhile)."""
+        feats = self._timed(stages, "features", lambda: self.features([A.cut(wave, s) for s in spans]))
+        with self._lock, torch.inference_mode(), self._models():
+            yield self._timed(stages, "encoder+projector", lambda: self.model.embed_audio(feats.to(self.device)))
 
     def _transcribe_batch(self, wave, spans, options, generator, record_steps, stages) -> list[Segment]:
-        feats = self._features(wave, spans, stages)
-        with self._lock, torch.inference_mode(), self._models():
-            audio_embeds = self._embed(feats, stages)
+        with self._audio_embeddings(wave, spans, stages) as audio_embeds:
             embeds = self.model.prompt_embeddings(audio_embeds)
             graphs = self.cuda_graphs and len(spans) <= self.graph_max_batch
             prefill = (lambda: fast.prefill(self.model, embeds)) if graphs else (lambda: self.model.prefill(embeds))
@@ -203,9 +201,7 @@ class Pipeline:
         return segments
 
     def _ctc_batch(self, wave: np.ndarray, spans: list[A.Span], stages: dict[str, float]) -> list[Segment]:
-        feats = self._features(wave, spans, stages)
-        with self._lock, torch.inference_mode(), self._models():
-            audio_embeds = self._embed(feats, stages)
+        with self._audio_embeddings(wave, spans, stages) as audio_embeds:
             best = self._timed(stages, "ctc", lambda: self.model.ctc_logits(audio_embeds).argmax(-1).tolist())
         segments = []
         for span, row in zip(spans, best, strict=True):
@@ -214,7 +210,8 @@ class Pipeline:
         return segments
 
     def decode(self, canvas: list[int]) -> str:
-        """The text of a canvas: tokens up to the first end-of-sequence id, without padding or special tokens."""
+        """The text of a canvas, without special tokens: packed, the tokens up to the first end-of-sequence id
+        without padding; aligned, greedy CTC reading (repeats merged, pads dropped; ``asr.model.CANVASES``)."""
         return self._text(self._content(canvas))
 
     def _content(self, canvas: list[int]) -> list[int]:
