@@ -207,9 +207,9 @@ def build_small(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
 
 
 def continue_settings(cfg: TrainConfig) -> TrainConfig:
-    """For ``--model`` an exported small-model folder (or ``mini``): take the encoder, tokenizer and canvas it was
-    trained with (so that the next export names them again). :func:`main` also makes ``--train`` default to ``all``
-    for it."""
+    """For ``--model`` an exported small-model folder (or ``mini``): take the encoder, tokenizer, canvas and projector
+    subsampling it was trained with (so that the next export names them again). :func:`main` also makes ``--train``
+    default to ``all`` for it."""
     folder = small_model_folder(cfg.model)
     if folder is None or not (folder / SMALL_MODEL_INFO).is_file():  # absent "mini": build_model says so
         return cfg
@@ -217,12 +217,14 @@ def continue_settings(cfg: TrainConfig) -> TrainConfig:
     whisper = info["whisper"]
     if whisper != "tiny-random" and (folder / whisper).exists():
         whisper = str((folder / whisper).resolve())
+    layout = info.get("projector_layout")  # older exports: none (x8)
     return dataclasses.replace(
         cfg,
         whisper=whisper,
         tokenizer=str((folder / "tokenizer").resolve()),
         canvas_length=cfg.canvas_length or int(info["canvas_length"]),
         canvas=cfg.canvas or info.get("canvas", "packed"),
+        subsampling=math.prod(spec["stride"] for spec in layout) if layout else cfg.subsampling,
     )
 
 

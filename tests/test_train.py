@@ -313,6 +313,8 @@ def test_small_model_with_x4_projector_trains_exports_and_transcribes(manifest, 
     pipe = asr.load(str(out / "model"), device="cpu")
     assert pipe.model.projector.subsampling == 4
     assert isinstance(pipe.transcribe(str(manifest.parent / "c1.flac"), steps=2).text, str)
+    # trained further, it records the subsampling of the projector it has, not the option's default
+    assert T.continue_settings(T.TrainConfig(manifest=str(manifest), model=str(out / "model"))).subsampling == 4
 
 
 def test_cli_runs_and_logs(manifest, tmp_path, capsys):
