@@ -611,14 +611,18 @@ def ctc_input_lengths(batch: Batch, slots: int) -> torch.Tensor:
     return torch.where(batch.min_slots > lengths, torch.full_like(lengths, slots), lengths)
 
 
+def ctc_log_probs(speech: SpeechModel, audio: torch.Tensor) -> torch.Tensor:
+    """The CTC head's log-probabilities of the audio embeddings ``audio`` (B, slots, H): (B, slots, V) float32, through
+    the lm_head weight detached (frozen for the CTC loss even when the backbone trains)."""
+    return F.log_softmax(speech.ctc_logits(audio, detach_head=True).float(), dim=-1)
+
+
 @torch.no_grad()
-def aligned_batch(speech: SpeechModel, audio: torch.Tensor, batch: Batch, pad_weight: float = 1.0) -> Batch:
-    """``batch`` with the aligned canvas (``asr.model.CANVASES``) of the audio embeddings ``audio`` (B, slots, H):
-    each transcript id at the slot where the CTC head's best path emits it, pad elsewhere, weight ``pad_weight``
-    there."""
-    B, slots, _ = audio.shape
-    pad = speech.prompt.pad_id
-    log_probs = F.log_softmax(speech.ctc_logits(audio).float(), dim=-1)
+def aligned_batch(batch: Batch, log_probs: torch.Tensor, pad: int, pad_weight: float = 1.0) -> Batch:
+    """``batch`` with the aligned canvas (``asr.model.CANVASES``) of the CTC head's ``log_probs`` (B, slots, V, from
+    :func:`ctc_log_probs`): each transcript id at the slot where the head's best path emits it, pad elsewhere, weight
+    ``pad_weight`` there."""
+    B, slots, _ = log_probs.shape
     targets = [t.tolist() for t in batch.ctc_targets.split(batch.target_lengths.tolist())]
     where = ctc_alignment(log_probs, targets, ctc_input_lengths(batch, slots), blank=pad)
     canvas = torch.full((B, slots), pad, dtype=torch.long)
@@ -676,17 +680,16 @@ def compute_losses(
     device = next(backbone.parameters()).device
     frames = frames.to(device=device, dtype=next(speech.projector.parameters()).dtype)
     audio = speech.projector(frames).to(backbone.dtype)  # (B, S, H)
+    log_probs = ctc_log_probs(speech, audio)  # (B, S, V): the CTC loss's, and what an aligned canvas follows
     out = {}
     if cfg.w_diffusion or cfg.w_ar:
         if cfg.canvas == "aligned":
-            batch = aligned_batch(speech, audio, batch, cfg.pad_weight)
+            batch = aligned_batch(batch, log_probs.detach(), speech.prompt.pad_id, cfg.pad_weight)
         out = _backbone_losses(speech, audio, batch, cfg, generator)
 
     # (c) CTC on the projector output through the frozen lm_head; blank = pad id
-    ctc_logits = speech.ctc_logits(audio, detach_head=True)
-    log_probs = F.log_softmax(ctc_logits.float(), dim=-1).transpose(0, 1)  # (S, B, V)
     ctc = F.ctc_loss(
-        log_probs,
+        log_probs.transpose(0, 1),  # (S, B, V)
         batch.ctc_targets.to(device),
         ctc_input_lengths(batch, audio.shape[1]).to(device),
         batch.target_lengths.to(device),

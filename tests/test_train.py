@@ -176,7 +176,7 @@ def test_aligned_canvas_is_one_slot_per_position_and_reads_back_as_the_transcrip
     cache = T.FrameCache(tmp_path / "frames", speech, features)
     batch = T.make_batch(examples, speech.prompt, speech.canvas_length, pad_weight=0.1)
     audio = speech.projector(cache.load(examples))
-    aligned = T.aligned_batch(speech, audio, batch, pad_weight=0.1)
+    aligned = T.aligned_batch(batch, T.ctc_log_probs(speech, audio), speech.prompt.pad_id, pad_weight=0.1)
     pad = speech.prompt.pad_id
     pipe = Pipeline(speech, tokenizer, features, name="tiny", device="cpu")
     for b, example in enumerate(examples):

@@ -35,7 +35,7 @@ def probe(model: str, manifest: str, count: int, gammas: list[float], seed: int 
     vocab = backbone.config.text_config.vocab_size
     audio = speech.projector(frames).to(backbone.dtype)
     if cfg.canvas == "aligned":
-        batch = T.aligned_batch(speech, audio, batch)
+        batch = T.aligned_batch(batch, T.ctc_log_probs(speech, audio), speech.prompt.pad_id)
     embeds = speech.prompt_embeddings(audio)
     B, C = batch.canvas.shape
     P = embeds.shape[1]
