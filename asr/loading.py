@@ -222,8 +222,6 @@ def load_small_model(folder: Path, canvas_length: int | None = None):
         speech = SpeechModel(whisper, projector, backbone, prompt, canvas=info.get("canvas", "packed"))
     except (ProjectorLayoutError, ValueError) as exc:
         raise AdapterError(f"{folder / SMALL_MODEL_INFO}: {exc}") from exc
-    if speech.canvas == "aligned":  # one canvas position per audio slot, whatever canvas_length says
-        backbone.config.canvas_length = speech.num_slots
     return speech, tokenizer, features
 
 

@@ -238,13 +238,11 @@ class SpeechModel(nn.Module):
         canvas: str = "packed",
     ):
         super().__init__()
-        if canvas not in CANVASES:
-            raise ValueError(f"canvas must be one of {CANVASES}, got {canvas!r}")
-        self.canvas = canvas
         self.whisper = whisper.eval().requires_grad_(False)
         self.projector = projector
         self.backbone = backbone
         self.prompt = prompt
+        self.canvas = canvas
         hidden = backbone.config.text_config.hidden_size
         if projector.out_dim != hidden:
             raise ProjectorLayoutError(f"projector outputs {projector.out_dim} features, the backbone expects {hidden}")
@@ -257,6 +255,20 @@ class SpeechModel(nn.Module):
     def num_slots(self) -> int:
         """Audio embeddings per 30 s window (188 for whisper-small's 1500 frames)."""
         return self.projector.num_slots(self.whisper.config.max_source_positions)
+
+    @property
+    def canvas(self) -> str:
+        """How the canvas holds the transcript (one of ``CANVASES``). Setting ``aligned`` also sets the canvas
+        length: one position per audio slot."""
+        return self._canvas
+
+    @canvas.setter
+    def canvas(self, kind: str) -> None:
+        if kind not in CANVASES:
+            raise ValueError(f"canvas must be one of {CANVASES}, got {kind!r}")
+        self._canvas = kind
+        if kind == "aligned":
+            self.backbone.config.canvas_length = self.num_slots
 
     @property
     def canvas_length(self) -> int:

@@ -265,9 +265,7 @@ def build_model(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
             torch.random.set_rng_state(state)
     speech.projector.float()
     if cfg.canvas is not None:
-        speech.canvas = cfg.canvas
-    if speech.canvas == "aligned":  # one canvas position per audio slot
-        speech.backbone.config.canvas_length = speech.num_slots
+        speech.canvas = cfg.canvas  # aligned: one canvas position per audio slot
     return speech, tokenizer, features
 
 
