@@ -52,6 +52,33 @@ def test_results_md_and_append(quick, tmp_path):
     assert "Issue 4 targets" in text and "| peak GPU memory (project path) | <= 60 GB | 55.00 GB | yes |" in text
 
 
+def test_graphed_words_case_forces_each_canvas():
+    """words(graphed=True) runs through graphed_pipeline (asr.fast; its eager fallback on the CPU) and gets the forced
+    5 and 60 words back, with the pipeline's settings restored afterwards."""
+    stack = bench.build_stack("tiny", "cpu")
+    settings = bench.Settings(repeats=1, multi_repeats=1, warmup=0, budget_s=None, static_compile_s=0.0, check=False)
+    b = bench.Bench(stack, settings, None)
+    b.words(graphed=True)
+    by_case = {r["case"]: r for r in b.records}
+    assert by_case["1x30s-8steps-5words-cudagraph"]["words"] == 5
+    assert by_case["1x30s-8steps-60words-cudagraph"]["words"] == 60
+    assert stack.pipeline.cuda_graphs is False and stack.pipeline.graph_max_batch == 4
+
+
+def test_targets_judge_the_path_pipeline_takes():
+    """1-4 window cases are judged on their CUDA-graph records when the run has all of a pair; 20 windows stay eager."""
+    names = ["1x30s-8steps", "1x30s-8steps-cudagraph", "1x30s-8steps-norecord", "20x30s-8steps",
+             "20x30s-8steps-cudagraph"]  # fmt: skip
+    run = [{"case": c} for c in names]
+    assert bench.pipeline_path(("1x30s-8steps",), run) == ("1x30s-8steps-cudagraph",)
+    assert bench.pipeline_path(("20x30s-8steps",), run) == ("20x30s-8steps",)
+    pair = ("1x30s-8steps", "1x30s-8steps-norecord")
+    assert bench.pipeline_path(pair, run) == pair  # no graphed no-record case: both eager, never mixed
+    run.append({"case": "1x30s-8steps-norecord-cudagraph"})
+    assert bench.pipeline_path(pair, run) == ("1x30s-8steps-cudagraph", "1x30s-8steps-norecord-cudagraph")
+    assert bench.pipeline_path(("first-transcript",), run) == ("first-transcript",)
+
+
 def test_stand_in_tokenizer_word_counts():
     tok = bench.StandInTokenizer([0, 1, 2])
     for words in (1, 5, 60):
