@@ -84,6 +84,7 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup: int = 100
+    schedule_from: int = 0  # > 0: the new cosine (no warm-up) of a finished run resumed from this step
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     w_diffusion: float = 1.0
@@ -765,10 +766,13 @@ def _backbone_losses(
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` at ``cfg.steps``."""
-    if cfg.warmup and step < cfg.warmup:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` at ``cfg.steps``. A finished run resumed to go on
+    (``schedule_from`` > 0) starts a new cosine at ``lr`` from that step, with no warm-up (the optimizer is warm)."""
+    start = cfg.schedule_from
+    if start == 0 and cfg.warmup and step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    start = start or cfg.warmup
+    progress = min(1.0, max(0, step - start) / max(1, cfg.steps - start))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -906,8 +910,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
         }
         default = TrainConfig()
         changed = {k: getattr(cfg, k) for k in keep if getattr(cfg, k) != getattr(default, k)}
+        # A run that had ended (its learning rate decayed) and goes on starts a new cosine from here; an interrupted
+        # one continues its schedule.
+        ended = int(state["step"]) >= saved.steps
+        schedule_from = int(state["step"]) if ended else saved.schedule_from
         # the data of this call, not of the saved one
-        cfg = dataclasses.replace(saved, steps=cfg.steps, prefetch=cfg.prefetch, wait_for=cfg.wait_for, **changed)
+        cfg = dataclasses.replace(saved, steps=cfg.steps, prefetch=cfg.prefetch, wait_for=cfg.wait_for,
+                                  schedule_from=schedule_from, **changed)  # fmt: skip
     cfg = continue_settings(cfg)
     cfg = dataclasses.replace(cfg, canvas=cfg.canvas or "packed")
     if cfg.threads:

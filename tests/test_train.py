@@ -335,6 +335,32 @@ def test_learning_rate_schedule():
     assert T.learning_rate(cfg, 0) == pytest.approx(0.1)
     assert T.learning_rate(cfg, 10) == pytest.approx(1.0)
     assert T.learning_rate(cfg, 110) == pytest.approx(0.1)
+    again = dataclasses.replace(cfg, schedule_from=110, steps=210)  # a finished run resumed: a new cosine
+    assert T.learning_rate(again, 110) == pytest.approx(1.0)
+    assert T.learning_rate(again, 160) == pytest.approx(0.55)
+    assert T.learning_rate(again, 210) == pytest.approx(0.1)
+
+
+def test_resume_of_a_finished_run_restarts_the_schedule(manifest, tmp_path):
+    """A finished run resumed to more steps (as a GPU call continuing the last one's model) starts a new cosine;
+    an interrupted one keeps its schedule."""
+    base = dict(manifest=str(manifest), model="tiny-random", batch_size=2, warmup=1, save_every=1, lr=1e-3)
+    T.train(T.TrainConfig(out=str(tmp_path / "a"), steps=4, **base), progress=False)
+    T.train(T.TrainConfig(out=str(tmp_path / "a"), steps=6, **base), resume=True, progress=False)
+    assert T.read_checkpoint(tmp_path / "a" / T.CHECKPOINT)["config"]["schedule_from"] == 4
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "a" / T.LOG).read_text().splitlines()]
+    assert lrs[3] == pytest.approx(3.25e-4) and lrs[4] == pytest.approx(1e-3)  # decayed, then a new cosine
+    # interrupted: a checkpoint at step 4 of a run to step 10 (the run's other checkpoint, rewritten so)
+    ckpt = tmp_path / "a" / T.CHECKPOINT
+    state = T.read_checkpoint(ckpt)
+    state["config"].update(steps=10, schedule_from=0)
+    state["step"] = 4
+    torch.save(state, ckpt)
+    T.train(T.TrainConfig(out=str(tmp_path / "a"), steps=10, **base), resume=True, progress=False)
+    assert T.read_checkpoint(ckpt)["config"]["schedule_from"] == 0
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "a" / T.LOG).read_text().splitlines()]
+    cfg = T.TrainConfig(**{**base, "steps": 10})
+    assert lrs[4:] == pytest.approx([T.learning_rate(cfg, i) for i in range(4, 10)])  # the first run's cosine
 
 
 def test_frame_cache_key_follows_the_encoder_not_its_folder(tmp_path):
