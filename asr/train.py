@@ -105,7 +105,7 @@ class TrainConfig:
     log_every: int = 1
     cache_dir: str | None = None  # default OUT/frames; "memory": on the training device, no files
     time_budget: float | None = None  # seconds for the whole run: --steps is then set from the measured step time
-    profile_steps: int = 0  # > 0: profile this many steps (after 2 warm-up steps) into OUT/profile.txt
+    profile_steps: int = 0  # > 0: profile this many steps with every loss (after 2 warm-up steps) into OUT/profile.txt
     compile: str | None = None  # torch.compile backend for the loss computation (inductor), or None: eager
     prefetch: str | None = None  # a manifest still being written: its frames are computed while it grows...
     wait_for: str | None = None  # ...until this file exists; then --manifest is read
@@ -986,9 +986,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
     losses_fn = torch.compile(compute_losses, backend=cfg.compile) if cfg.compile else compute_losses
     profiler = None
     while step < cfg.steps:
-        if cfg.profile_steps and step == first_step + 2:
+        if cfg.profile_steps and step == full_from + 2:  # steps with every loss, not --ctc-steps' CTC-only ones
             profiler = _start_profiler(cfg.device)
-        elif profiler is not None and step == first_step + 2 + cfg.profile_steps:
+        elif profiler is not None and step == full_from + 2 + cfg.profile_steps:
             _write_profile(profiler, out / "profile.txt", cfg.device, cfg.profile_steps, progress)
             profiler = None
         if cfg.time_budget and step == full_from + 5:

@@ -229,9 +229,11 @@ def test_aligned_small_model_trains_exports_transcribes_and_continues_aligned(ma
 def test_ctc_steps_train_ctc_only_first_then_every_loss(manifest, tmp_path):
     out = tmp_path / "phases"
     cfg = T.TrainConfig(manifest=str(manifest), out=str(out), model="tiny-random", train="all", canvas="aligned",
-                        ctc_steps=2, steps=3, batch_size=2, save_every=100)  # fmt: skip
+                        ctc_steps=3, steps=6, batch_size=2, save_every=100, profile_steps=1)  # fmt: skip
     rows = T.train(cfg, progress=False).history
-    assert [set(r) & {"ctc", "diffusion", "ar"} for r in rows] == [{"ctc"}, {"ctc"}, {"ctc", "diffusion", "ar"}]
+    assert [set(r) & {"ctc", "diffusion", "ar"} for r in rows] == [{"ctc"}] * 3 + [{"ctc", "diffusion", "ar"}] * 3
+    table = (out / "profile.txt").read_text()  # --profile-steps profiles a step with every loss (step 5)
+    assert "scaled_dot_product" in table  # the backbone's attention ran in it (only the projector before step 3)
 
 
 def test_resume_gives_the_same_state(manifest, tmp_path):
