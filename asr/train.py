@@ -983,6 +983,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
     started = time.perf_counter()
     first_step, timed_from = step, None
     full_from = max(first_step, cfg.ctc_steps)  # the first step with every loss (--ctc-steps: CTC only before it)
+    # --time-budget times 20 steps with every loss after 5 warm-up steps and any profiled ones (profiling slows them)
+    timing_from = full_from + 5 + (cfg.profile_steps + 2 if cfg.profile_steps else 0)
     losses_fn = torch.compile(compute_losses, backend=cfg.compile) if cfg.compile else compute_losses
     profiler = None
     while step < cfg.steps:
@@ -991,9 +993,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
         elif profiler is not None and step == full_from + 2 + cfg.profile_steps:
             _write_profile(profiler, out / "profile.txt", cfg.device, cfg.profile_steps, progress)
             profiler = None
-        if cfg.time_budget and step == full_from + 5:
+        if cfg.time_budget and step == timing_from:
             timed_from = time.perf_counter()
-        elif cfg.time_budget and timed_from is not None and step == full_from + 25:  # fit --steps to the budget
+        elif cfg.time_budget and timed_from is not None and step == timing_from + 20:  # fit --steps to the budget
             per_step = (time.perf_counter() - timed_from) / 20
             left = cfg.time_budget - (time.perf_counter() - run_started)
             cfg = dataclasses.replace(cfg, steps=step + max(1, int(0.95 * left / per_step)))

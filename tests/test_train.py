@@ -398,16 +398,17 @@ def test_memory_cache_equals_file_cache(manifest, tmp_path, monkeypatch):
 
 
 def test_time_budget_sets_the_step_count(manifest, tmp_path):
-    """--time-budget replaces --steps after 25 measured steps; a budget already spent leaves one more step.
-    --profile-steps writes an operator table."""
+    """--time-budget replaces --steps after 20 timed steps; a budget already spent leaves one more step.
+    --profile-steps writes an operator table, and the timing starts after the profiled steps (steps 2-4 profiled,
+    5 more steps of warm-up, steps 10-29 timed: --steps becomes 31)."""
     cfg = T.TrainConfig(manifest=str(manifest), out=str(tmp_path / "t"), model="tiny-random", batch_size=1,
                         steps=1000, warmup=2, save_every=1000, time_budget=1e-3, cache_dir="memory")  # fmt: skip
     result = T.train(dataclasses.replace(cfg, profile_steps=3), progress=False)
-    assert result.step == 26
+    assert result.step == 31
     table = (tmp_path / "t" / "profile.txt").read_text()
     assert table.startswith("3 training steps on cpu") and "aten::" in table
     saved = T.read_checkpoint(tmp_path / "t" / T.CHECKPOINT)
-    assert saved["step"] == 26 and saved["config"]["steps"] == 26  # the LR schedule ended where training did
+    assert saved["step"] == 31 and saved["config"]["steps"] == 31  # the LR schedule ended where training did
     assert not (tmp_path / "t" / "frames").exists()  # memory cache: no files
 
 

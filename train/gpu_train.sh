@@ -23,7 +23,11 @@
 #   run      install, data in the background, train (DEADLINE = T0 + 570)
 #
 # A training step is ~9000 small ATen ops (forward, backward, AdamW): on the GPU it is launch-bound (0.2 s per step
-# at batch 128 on an H200, ~10x its FLOPs), so a larger batch costs little more per step. BATCH (default 384 on a
+# at batch 128 on an H200, ~10x its FLOPs), so a larger batch costs little more per step. Measured 2026-11-27 on an
+# H200 (train/results/gpu-aligned): --canvas aligned at batch 384, 0.59 s per step (0.08 s for a CTC-only step of
+# --ctc-steps); the call's first ~70 s go to the model and the whisper frames. A second call that resumes the run
+# (TRAIN_ARGS="... --resume" on the still-warm machine) computes every frame again (frames live in GPU memory): of
+# its 230 s budget only ~45 s trained, so one long call is worth more than two short ones. BATCH (default 384 on a
 # GPU with >= 120 GB, else 192) and LR (default 2e-3) set them. Memory: the frames of 41.5 k clips take 48 GB on the
 # GPU, a step ~0.12 GB per clip of the batch (peak RSS of a CPU step: +1.0 GB at batch 8, +3.9 GB at 32), so 384
 # needs ~95 GB (an H200) and 192 ~71 GB (an 80 GB H100). DEVICE (default cuda) and SKIP_INSTALL=1 let the same script
