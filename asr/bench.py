@@ -49,6 +49,7 @@ from .pipeline import Pipeline
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_JSON = ROOT / "bench" / "results.json"
 RESULTS_MD = ROOT / "bench" / "RESULTS.md"
+PROFILE_FILE = "decoder-step-profile.txt"  # written beside results.json by runs with an output folder
 REQUIRED_FIELDS = ("device", "date", "case", "seconds", "peak_gb", "size", "steps", "batch")
 REQUIRED_CASES = (
     "1x30s-8steps",
@@ -610,8 +611,11 @@ class Bench:
                 fast.drop_runners(model.backbone)
             for batch in (1, 4) if self.s.quick else (1, 4, 16):
                 self._decoder_step(embeds, batch)
+            if self.out is not None:
+                self._profile_step(embeds)
 
-    def _decoder_step(self, embeds: torch.Tensor, batch: int) -> None:
+    def _step_call(self, embeds: torch.Tensor, batch: int) -> Callable[[], Any]:
+        """One eager decoder step of the pipeline (:func:`eager_step`) over a random canvas, after a real prefill."""
         bb, dev = self.stack.model.backbone, self.device
         cache = self.stack.model.prefill(embeds.expand(batch, -1, -1).contiguous())
         prompt_len, canvas_len = embeds.shape[1], bb.config.canvas_length
@@ -621,8 +625,26 @@ class Bench:
         sc = torch.randn(batch, canvas_len, vocab, device=dev, generator=gen).to(
             bb.model.decoder.embed_tokens.weight.dtype
         )
-        step = eager_step(bb, cache, prompt_len, batch)  # the pipeline's own decoder step
-        timing = measure(lambda: step(canvas, sc), dev, self.s.repeats, self.s.warmup)
+        step = eager_step(bb, cache, prompt_len, batch)
+        return lambda: step(canvas, sc)
+
+    def _profile_step(self, embeds: torch.Tensor, steps: int = 3) -> None:
+        """Operator table (CUDA kernels on a GPU) of ``steps`` eager decoder steps at batch 1, into
+        ``OUT/decoder-step-profile.txt``: where a step's time goes, for the kernel work the targets need."""
+        from .train import start_profiler, write_profile
+
+        call = self._step_call(embeds, 1)
+        call()  # warm-up outside the profile
+        sync(self.device)
+        profiler = start_profiler(self.device)
+        for _ in range(steps):
+            call()
+        sync(self.device)
+        write_profile(profiler, self.out / PROFILE_FILE, self.device, f"{steps} eager decoder steps at batch 1")
+
+    def _decoder_step(self, embeds: torch.Tensor, batch: int) -> None:
+        call, dev = self._step_call(embeds, batch), self.device
+        timing = measure(call, dev, self.s.repeats, self.s.warmup)
         name = "decoder-step" if batch == 1 else f"decoder-step-{batch}x"
         self.add(name, timing.seconds, timing.peak_gb, batch=batch, segments=batch, repeats=len(timing.samples),
                  note="one backbone forward over the canvas, with self-conditioning logits")  # fmt: skip

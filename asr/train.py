@@ -989,9 +989,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
     profiler = None
     while step < cfg.steps:
         if cfg.profile_steps and step == full_from + 2:  # steps with every loss, not --ctc-steps' CTC-only ones
-            profiler = _start_profiler(cfg.device)
+            profiler = start_profiler(cfg.device)
         elif profiler is not None and step == full_from + 2 + cfg.profile_steps:
-            _write_profile(profiler, out / "profile.txt", cfg.device, cfg.profile_steps, progress)
+            write_profile(profiler, out / "profile.txt", cfg.device, f"{cfg.profile_steps} training steps", progress)
             profiler = None
         if cfg.time_budget and step == timing_from:
             timed_from = time.perf_counter()
@@ -1052,11 +1052,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> RunR
             export(speech, tokenizer, cfg, out)
     bar.close()
     if profiler is not None:
-        _write_profile(profiler, out / "profile.txt", cfg.device, step - first_step - 2, progress)
+        write_profile(profiler, out / "profile.txt", cfg.device, f"{step - full_from - 2} training steps", progress)
     return RunResult(step, history, out)
 
 
-def _start_profiler(device: str):
+def start_profiler(device: str):
+    """A started ``torch.profiler`` recording CPU operators, and CUDA kernels on a GPU."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if str(device).startswith("cuda") else [])
@@ -1065,14 +1066,16 @@ def _start_profiler(device: str):
     return profiler
 
 
-def _write_profile(profiler, path: Path, device: str, steps: int, progress: bool) -> None:
-    """Stop ``profiler`` and write its operator table (sorted by device time on CUDA) to ``path``."""
+def write_profile(profiler, path: Path, device: str, what: str, progress: bool = False) -> str:
+    """Stop ``profiler`` and write its operator table (sorted by device time on CUDA) under the line "``what`` on
+    ``device``" to ``path``; returns the table."""
     profiler.stop()
     key = "self_cuda_time_total" if str(device).startswith("cuda") else "self_cpu_time_total"
     table = profiler.key_averages().table(sort_by=key, row_limit=30)
-    path.write_text(f"{steps} training steps on {device}\n{table}\n", encoding="utf-8")
+    path.write_text(f"{what} on {device}\n{table}\n", encoding="utf-8")
     if progress:
-        print(f"\nprofile of {steps} steps ({path}):\n{table}", file=sys.stderr)
+        print(f"\nprofile of {what} ({path}):\n{table}", file=sys.stderr)
+    return table
 
 
 def evaluate_now(speech: SpeechModel, tokenizer, features, utterances: list[Utterance], cfg: TrainConfig) -> dict:

@@ -7,7 +7,7 @@
 #   afterwards, here:       python -m asr.bench --merge <files_at>/results.json   (then commit bench/)
 #
 # Writes $OUT/results.json (after every case, so a run cut short keeps what it measured), $OUT/RESULTS.md,
-# $OUT/bench.log and $OUT/gpu.txt. BENCH_BUDGET_S (default 450) bounds the run: the static-cache compile baseline
+# $OUT/bench.log, $OUT/gpu.txt and $OUT/decoder-step-profile.txt (the CUDA kernels of 3 eager decoder steps). BENCH_BUDGET_S (default 450) bounds the run: the static-cache compile baseline
 # (~190 s of compile on an H100) is skipped when it would end past the budget. BENCH_ARGS adds options.
 # BENCH_COMMIT (the commit here: the GPU machine's copy of .git can be stale) and BENCH_CONDITIONS (e.g. other work
 # running beside the benchmark) are written into every record.

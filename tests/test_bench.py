@@ -26,6 +26,8 @@ def test_quick_run_records(quick):
         assert not rec.get("error"), rec
         assert rec["size"] == "tiny" and rec["device"].startswith("cpu: 1 thread")
     assert json.loads((out / "results.json").read_text()) == records  # written as the cases finish
+    profile = (out / bench.PROFILE_FILE).read_text()  # the decoder step's operator table
+    assert profile.startswith("3 eager decoder steps at batch 1 on cpu") and "aten::" in profile
     for case in ("1x30s-8steps", "1x30s-16steps", "20x30s-8steps", "first-transcript", "decoder-step", "prefill"):
         assert by_case[case]["seconds"] > 0
     assert by_case["1x30s-8steps"]["steps_run"] == 8 and by_case["1x30s-16steps"]["steps_run"] == 16
