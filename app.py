@@ -4,7 +4,9 @@ DiffusionGemma denoises a transcript canvas, conditioned on Whisper audio embedd
 microphone transcription, a side-by-side comparison of step counts, and a denoising visualiser that replays every
 step of one model call in the browser.
 
-    python app.py                          # the real model (needs HF_TOKEN for the gated repos and ~60 GB of GPU)
+    python app.py                          # the real model (needs HF_TOKEN for the gated repos and ~60 GB of GPU);
+                                           # where it cannot load, the small model `mini` serves (CPU, offline)
+    python app.py --model mini             # the small model trained by this project, directly
     python app.py --model tiny-random      # tiny random-weight stack: starts offline in seconds (text is noise)
     ASR_MODEL=tiny-random python app.py    # the same, as on a Space
 
@@ -53,8 +55,9 @@ def _env_float(name: str, default: float) -> float:
 
 # Longest audio one request may carry (the ZeroGPU quota is counted in seconds of GPU time).
 MAX_AUDIO_SECONDS = _env_float("ASR_MAX_AUDIO_SECONDS", 600.0)
-# What to run when the requested model cannot be loaded ("none": no model, every request answers why).
-FALLBACK_MODEL = os.environ.get("ASR_FALLBACK_MODEL", "tiny-random")
+# What to run when the requested model cannot be loaded, first that loads of a comma-separated list: the small model
+# trained by this project (asr/mini), else the random tiny stack ("none": no model, every request answers why).
+FALLBACK_MODEL = os.environ.get("ASR_FALLBACK_MODEL", "mini,tiny-random")
 # How many model requests run at once (each claims its own GPU on ZeroGPU; locally they share the pipeline's lock).
 CONCURRENCY = max(1, int(_env_float("ASR_CONCURRENCY", 4)))
 ON_ZEROGPU = bool(_SpacesConfig.zero_gpu)
@@ -102,13 +105,15 @@ def load_model(requested: str, fallback: str | None = FALLBACK_MODEL) -> ModelSt
     except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory while moving weights: say so, keep serving
         error = f"{type(exc).__name__}: {exc}"
     print(f"app: could not load {requested}: {error}", file=sys.stderr)
-    if fallback and fallback.lower() != "none" and fallback != requested:
+    for name in (m.strip() for m in (fallback or "").split(",")):
+        if not name or name.lower() == "none" or name == requested:
+            continue
         try:
-            _PIPELINES[fallback] = asr.load(fallback)
-            print(f"app: serving the fallback model {fallback} instead", file=sys.stderr)
-            return ModelState(requested, fallback, error)
+            _PIPELINES[name] = asr.load(name)
+            print(f"app: serving the fallback model {name} instead", file=sys.stderr)
+            return ModelState(requested, name, error)
         except Exception as exc:  # noqa: BLE001
-            error += f" (the fallback {fallback} could not load either: {exc})"
+            error += f" (the fallback {name} could not load either: {exc})"
     return ModelState(requested, None, error)
 
 
@@ -123,26 +128,35 @@ def what_to_do(error: str) -> str:
     if "memory" in low:
         return (
             'the bf16 backbone needs about 52 GB of GPU memory: use a larger GPU (on ZeroGPU, `size="xlarge"`), '
-            "or set `ASR_MODEL=tiny-random` to try the interface."
+            "or set `ASR_MODEL=mini` for the small model trained by this project (it runs on a CPU)."
         )
     if "cannot reach" in low or "offline" in low or "connection" in low:
         return (
             "connect this machine to the Hugging Face hub once (the weights are cached), or point `ASR_MODEL` at a "
-            "local adapter folder; `ASR_MODEL=tiny-random` starts without network."
+            "local adapter folder; `ASR_MODEL=mini` (the small model trained by this project) needs no network."
         )
     if "not in this installation" in low:
         return (
             "that model's files are not on this machine: build or download them first (see the README), or choose "
-            "another model with `ASR_MODEL` / `--model` (a hub id, an adapter folder, or `tiny-random`)."
+            "another model with `ASR_MODEL` / `--model` (a hub id, an adapter folder, `mini` or `tiny-random`)."
         )
     if "neither a local file" in low or "not found" in low or "holds no" in low:
         return (
             "set `ASR_MODEL` (or `--model`) to a hub id such as `interfaze-ai/diffusion-gemma-asr-small`, a folder "
-            "or `.pt` file with the adapter, or `tiny-random`."
+            "or `.pt` file with the adapter, `mini` (the small model trained by this project) or `tiny-random`."
         )
     if "cuda" in low:
-        return "this machine has no usable CUDA GPU: run on a GPU machine, or choose a small model (`ASR_MODEL`)."
+        return (
+            "this machine has no usable CUDA GPU: run on a GPU machine, or set `ASR_MODEL=mini` (the small model "
+            "trained by this project runs on a CPU)."
+        )
     return "read the reason above, fix it, and restart the app; `ASR_MODEL=tiny-random` always starts."
+
+
+SMALL_MODEL_NOTE = (
+    "<b>the small model trained by this project</b> (whisper tiny.en and a 7 M-parameter DiffusionGemma: the same "
+    "pipeline and denoiser), far less accurate than the real model; its word error rates are in the README."
+)
 
 
 def model_status(state: ModelState) -> str:
@@ -155,6 +169,8 @@ def model_status(state: ModelState) -> str:
         where = f"device <code>{html.escape(pipe.device)}</code>{zero} · <code>{dtype}</code>"
     if state.error is None and pipe is not None:
         note = ""
+        if pipe.is_small:
+            note = f" · {SMALL_MODEL_NOTE}"
         if pipe.is_random:
             note = (
                 " · <b>random weights</b>: this stack only exercises the interface, its transcripts are noise "
@@ -168,11 +184,13 @@ def model_status(state: ModelState) -> str:
         )
     reason = html.escape(state.error or "unknown error")
     todo = _md_code(html.escape(what_to_do(state.error or "")))
-    if pipe is not None:
+    if pipe is not None and pipe.is_random:
         serving = (
             f"Serving <code>{html.escape(state.key or '')}</code> instead ({where}): <b>random weights, its "
             "transcripts are noise</b>, it only lets you try the interface."
         )
+    elif pipe is not None:
+        serving = f"Serving <code>{html.escape(state.key or '')}</code> instead ({where}): {SMALL_MODEL_NOTE}"
     else:
         serving = "No model is serving: transcription requests will answer with this reason."
     return (
@@ -1070,7 +1088,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--model",
         default=os.environ.get("ASR_MODEL") or asr.DEFAULT_MODEL,
-        help=f"hub id, adapter folder/.pt, or tiny-random (default: $ASR_MODEL or {asr.DEFAULT_MODEL})",
+        help=f"hub id, adapter folder/.pt, mini, a small-model folder, or tiny-random (default: $ASR_MODEL or "
+        f"{asr.DEFAULT_MODEL}; where it cannot load: $ASR_FALLBACK_MODEL, default {FALLBACK_MODEL})",
     )
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 for a network)")
     p.add_argument("--port", type=int, default=None, help="port (default 7860 or $GRADIO_SERVER_PORT)")

@@ -9,13 +9,19 @@ from pathlib import Path
 FORMATS = ("txt", "json", "srt", "vtt")
 
 
+FALLBACK_MODEL = "mini"  # used, with a note on stderr, when --model is not given and the default cannot load
+
+
 def parser() -> argparse.ArgumentParser:
     from .loading import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(prog="python -m asr", description="Transcribe audio with diffusion-gemma-asr.")
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3, ...)")
     p.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"hub id, adapter folder/.pt, or tiny-random (default {DEFAULT_MODEL})"
+        "--model",
+        default=None,
+        help=f"hub id, adapter folder/.pt, mini (the small model trained by this project), a small-model folder, or "
+        f"tiny-random (default {DEFAULT_MODEL}; where it cannot load, e.g. without a GPU, {FALLBACK_MODEL})",
     )
     p.add_argument("--steps", type=int, default=16, help="denoising steps (default 16)")
     p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible output")
@@ -31,13 +37,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1:
         parser().error("--steps must be at least 1")
     from .audio import AudioError
-    from .loading import ModelLoadError, load
+    from .loading import DEFAULT_MODEL, ModelLoadError, load
 
+    model = args.model or DEFAULT_MODEL
     try:
-        pipe = load(args.model, device=args.device)
+        pipe = load(model, device=args.device)
     except ModelLoadError as exc:
-        print(f"error: cannot load {args.model}: {exc}", file=sys.stderr)
-        return 2
+        if args.model is not None:  # a model asked for by name is never swapped for another
+            print(f"error: cannot load {model}: {exc}", file=sys.stderr)
+            return 2
+        print(f"note: cannot load {model} ({exc}); using {FALLBACK_MODEL}, the small model trained by this project, "
+              "which is far less accurate (pass --model to choose)", file=sys.stderr)  # fmt: skip
+        try:
+            pipe = load(FALLBACK_MODEL, device=args.device)
+        except ModelLoadError as exc2:
+            print(f"error: cannot load {FALLBACK_MODEL} either: {exc2}", file=sys.stderr)
+            return 2
     failed = 0
     for path in args.audio:
         try:

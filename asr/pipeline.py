@@ -92,6 +92,11 @@ class Pipeline:
         """True for the tiny random-weight stack (its transcripts are noise)."""
         return "random weights" in self.name
 
+    @property
+    def is_small(self) -> bool:
+        """True for a small model trained by this project (``asr.load("mini")`` or an ``asr.train`` export)."""
+        return "small model trained by this project" in self.name
+
     def features(self, chunks: list[np.ndarray]) -> torch.Tensor:
         """Log-mel features of 16 kHz chunks, padded to the 30 s window: (B, n_mels, 3000)."""
         out = self.feature_extractor(chunks, sampling_rate=A.SAMPLE_RATE, return_tensors="pt", device=self.device)

@@ -330,13 +330,20 @@ def test_model_comes_from_flag_then_env_then_default(app, monkeypatch):
 
 
 @pytest.mark.parametrize("requested", ["no-such-model", "/nonexistent/adapter.pt"])
-def test_unloadable_model_falls_back_and_says_why(app, requested, monkeypatch):
+def test_unloadable_model_falls_back_to_the_small_model_and_says_why(app, requested, monkeypatch):
     monkeypatch.setenv("ASR_ALLOW_CPU", "1")  # reach asr.load's own error, not the app's no-GPU check
     state = app.load_model(requested)
-    assert state.key == "tiny-random" and state.is_fallback and state.error
+    assert state.key == "mini" and state.is_fallback and state.error
     status = app.model_status(state)
-    assert "Could not load" in status and "What to do" in status and "tiny-random" in status
-    assert "noise" in status
+    assert "Could not load" in status and "What to do" in status and "<code>mini</code> instead" in status
+    assert "small model trained by this project" in status and "random weights" not in status
+
+
+def test_the_fallback_list_goes_on_to_the_next_that_loads(app, monkeypatch):
+    monkeypatch.setenv("ASR_ALLOW_CPU", "1")
+    state = app.load_model("no-such-model", fallback="/nonexistent/small-model, tiny-random")
+    assert state.key == "tiny-random" and "the fallback /nonexistent/small-model could not load either" in state.error
+    assert "random weights, its transcripts are noise" in app.model_status(state)
 
 
 def test_the_real_model_is_refused_at_once_without_a_gpu(app, monkeypatch):
@@ -350,8 +357,8 @@ def test_the_real_model_is_refused_at_once_without_a_gpu(app, monkeypatch):
     started = time.perf_counter()
     state = app.load_model(asr.DEFAULT_MODEL)
     assert time.perf_counter() - started < 10
-    assert state.key == "tiny-random" and "no CUDA GPU" in state.error
-    assert "52 GB" in app.model_status(state) and "tiny-random" in app.what_to_do(state.error)
+    assert state.key == "mini" and "no CUDA GPU" in state.error
+    assert "52 GB" in app.model_status(state) and "ASR_MODEL=mini" in app.what_to_do(state.error)
 
 
 def test_every_load_error_gets_a_next_step(app):
@@ -365,7 +372,7 @@ def test_every_load_error_gets_a_next_step(app):
     ]:
         assert len(app.what_to_do(reason)) > 30
     assert "HF_TOKEN" in app.what_to_do("repo is gated")
-    assert "tiny-random" in app.what_to_do("not enough GPU memory")
+    assert "ASR_MODEL=mini" in app.what_to_do("not enough GPU memory")
 
 
 def test_without_fallback_requests_get_the_load_error(app, tmp_path, monkeypatch):

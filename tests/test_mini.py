@@ -1,0 +1,49 @@
+"""The shipped small model (asr/mini): its size, that it loads and transcribes, and the CLI's fallback to it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import asr
+from asr.evaluate import evaluate, read_manifest
+from asr.loading import MINI_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "manifest.tsv"
+pytestmark = pytest.mark.skipif(not (MINI_DIR / "speech.json").is_file(), reason="asr/mini/model is not shipped")
+
+
+def test_mini_is_at_most_40_mb_with_its_encoder():
+    files = [f for d in (MINI_DIR, MINI_DIR.parent / "whisper-tiny-en") for f in d.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) <= 40e6
+
+
+def test_mini_transcribes_the_examples():
+    """Real weights, real transcripts: the examples (espeak-ng voices, which the model never trained on) at 8 steps
+    come out with most words right or close; random weights score 100 % or more."""
+    pipe = asr.load("mini", device="cpu")
+    assert pipe.is_small and not pipe.is_random and pipe.model.canvas == "aligned"
+    result = evaluate(pipe, read_manifest(EXAMPLES), 8, seed=0, warmup=False)
+    assert result.rates.wer < 90.0 and result.rates.cer < 60.0, result.rates
+    assert all(r.hypothesis.strip() for r in result.utterances)
+
+
+def test_cli_falls_back_to_mini_when_the_default_model_cannot_load():
+    """No --model, no GPU: the real model is refused at once and the CLI says so and uses mini; a model named with
+    --model is never swapped."""
+    clip = ROOT / "examples" / "quick_brown_fox.flac"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    run = subprocess.run([sys.executable, "-m", "asr", str(clip), "--steps", "4", "--seed", "3"],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "using mini, the small model trained by this project" in run.stderr
+    expected = asr.load("mini", device="cpu").transcribe(clip, steps=4, seed=3)
+    assert run.stdout.strip() == expected.text.strip() and expected.text.strip()
+    named = subprocess.run([sys.executable, "-m", "asr", str(clip), "--model", asr.DEFAULT_MODEL],
+                           capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)  # fmt: skip
+    assert named.returncode == 2 and "using mini" not in named.stderr

@@ -1,0 +1,89 @@
+"""Ship a trained small model as ``asr/mini/model`` (what ``asr.load("mini")`` and the app's fallback load).
+
+    python train/ship_mini.py EXPORTED_MODEL_DIR [--eval-real FILE] [--eval-kokoro FILE]
+
+EXPORTED_MODEL_DIR is an ``asr.train`` export (``speech.json``, ``backbone/``, ``projector.safetensors``,
+``tokenizer/``; its weights are float16, as ``asr.train`` exports them, and ``load_small_model`` loads them as
+float32). The whisper encoder is named as the shipped ``asr/mini/whisper-tiny-en`` (``speech.json``:
+``../whisper-tiny-en``), the training settings are kept in ``speech.json`` without this machine's paths, and
+``SHIPPED.json`` records where the model came from and the WER lines of the given evaluation outputs
+(``python -m asr.evaluate ... > FILE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+MINI = ROOT / "asr" / "mini"
+WHISPER = "whisper-tiny-en"
+WER_LINE = re.compile(r"^(?:CTC head, greedy \(no denoising\)|\d+ steps): WER .*$")
+
+
+def wer_lines(path: Path) -> list[str]:
+    """The summary lines of an ``asr.evaluate`` output (CTC head and each step count)."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return list(dict.fromkeys(line.split("  (")[0] for line in lines if WER_LINE.match(line)))
+
+
+def ship(src: Path, evals: dict[str, Path]) -> Path:
+    info = json.loads((src / "speech.json").read_text(encoding="utf-8"))
+    if not (MINI / WHISPER / "config.json").is_file():
+        raise SystemExit(f"{MINI / WHISPER} is missing: the shipped model names it as its encoder")
+    if Path(info["whisper"]).name != WHISPER:
+        raise SystemExit(f"{src} was trained on the encoder {info['whisper']!r}, not the shipped {WHISPER}")
+    out = MINI / "model"
+    tmp = MINI / "model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "backbone").mkdir(parents=True)
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        if (src / "backbone" / name).is_file():
+            shutil.copy2(src / "backbone" / name, tmp / "backbone" / name)
+    shutil.copy2(src / "projector.safetensors", tmp / "projector.safetensors")
+    shutil.copytree(src / "tokenizer", tmp / "tokenizer")
+    info["whisper"] = f"../{WHISPER}"
+    train = info.get("train", {})
+    for key in ("manifest", "out", "model", "cache_dir", "whisper", "tokenizer", "prefetch", "wait_for"):
+        if isinstance(train.get(key), str) and "/" in train[key]:
+            train[key] = Path(train[key]).name  # the name only: this machine's paths mean nothing elsewhere
+    (tmp / "speech.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    digest = hashlib.sha256((src / "backbone" / "model.safetensors").read_bytes()).hexdigest()
+    shipped = {
+        "source": f"{src.parent.name}/{src.name}",
+        "backbone_sha256": digest,
+        "evaluation": {name: wer_lines(path) for name, path in evals.items()},
+    }
+    (tmp / "SHIPPED.json").write_text(json.dumps(shipped, indent=1) + "\n", encoding="utf-8")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", type=Path, help="an asr.train export folder")
+    p.add_argument("--eval-real", type=Path, help="asr.evaluate output on the real-speech set")
+    p.add_argument("--eval-kokoro", type=Path, help="asr.evaluate output on the held-out Kokoro set")
+    args = p.parse_args(argv)
+    evals = {k: v for k, v in (("real", args.eval_real), ("kokoro", args.eval_kokoro)) if v is not None}
+    out = ship(args.model, evals)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    whisper = sum(f.stat().st_size for f in (MINI / WHISPER).rglob("*") if f.is_file())
+    print(f"{out}: {size / 1e6:.1f} MB (+ the encoder {whisper / 1e6:.1f} MB = {(size + whisper) / 1e6:.1f} MB)")
+    from asr.loading import load_small_model
+
+    speech, _, _ = load_small_model(out)  # it loads
+    print(f"loads: canvas {speech.canvas_length} ({speech.canvas}), torch {torch.__version__}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
