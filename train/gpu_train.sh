@@ -6,7 +6,9 @@
 #                  engines' clips of SYNTH_DIR as opus and a model to continue from; checks the 64 MiB)
 #   device tool:   carry [".whl", ".data"] (64 MiB with the tracked tree: check `du -sb .whl .data`), kind
 #                  nvidia-h200 (or an H100: the batch follows the GPU's memory), timeout_s 590, command:
-#                  T0=$(date +%s) TRAIN_ARGS="--canvas aligned --ctc-steps 100 --profile-steps 5" bash train/gpu_train.sh run
+#                  T0=$(date +%s) LR=5e-4 TRAIN_ARGS="--model mini --canvas aligned --profile-steps 5" bash train/gpu_train.sh run
+#                  (continues the shipped model, which is in the tree, at a lower peak rate than from scratch's 2e-3:
+#                  a guess, not measured yet; from scratch: TRAIN_ARGS="--canvas aligned --ctc-steps 100")
 #                  or beside the benchmark (as on 2026-11-27, a fresh machine):
 #                  T0=$(date +%s); bash train/gpu_train.sh install && (bash train/gpu_train.sh data &) && \
 #                  BENCH_BUDGET_S=230 taskset -c 0,1 bash bench/gpu_run.sh; DEADLINE=$((T0 + 560)) bash train/gpu_train.sh train
