@@ -91,6 +91,8 @@ KOKORO_VOICES = [
     *(f"bm_{n}" for n in "daniel fable george lewis".split()),
 ]
 HELD_OUT_KOKORO = {"af_sky", "am_puck", "bf_lily", "bm_lewis"}
+# the engines that hold voices out, and those voices' names (espeak: the variant after "+")
+HELD_OUT = {"espeak": HELD_OUT_ESPEAK_VARIANTS, "flite": HELD_OUT_FLITE, "kokoro": HELD_OUT_KOKORO}
 PICO_VOICES = ["en-US", "en-GB"]
 KOKORO_DIR = Path(os.environ.get("ASR_KOKORO_DIR", Path.home() / ".cache" / "asr" / "kokoro"))
 ENGINE_WEIGHTS = {"espeak": 0.5, "flite": 0.2, "festival": 0.15, "hibari": 0.15, "kokoro": 0.5, "pico": 0.1}
@@ -330,13 +332,8 @@ def festival_voices() -> list[str]:
 
 
 def is_held_out(voice: Voice) -> bool:
-    if voice.engine == "espeak":
-        return voice.name.split("+", 1)[-1] in HELD_OUT_ESPEAK_VARIANTS
-    if voice.engine == "flite":
-        return voice.name in HELD_OUT_FLITE
-    if voice.engine == "kokoro":
-        return voice.name in HELD_OUT_KOKORO
-    return False
+    name = voice.name.split("+", 1)[-1] if voice.engine == "espeak" else voice.name
+    return name in HELD_OUT.get(voice.engine, set())
 
 
 def draw_voice(
@@ -346,7 +343,7 @@ def draw_voice(
     ``weights`` (default :data:`ENGINE_WEIGHTS`)."""
     weights = {**ENGINE_WEIGHTS, **(weights or {})}
     if held_out:
-        engines = [e for e in engines if e in ("espeak", "flite", "kokoro")]
+        engines = [e for e in engines if e in HELD_OUT]
     for _ in range(1000):
         engine = rng.choices(engines, [weights[e] for e in engines])[0]
         if engine == "espeak":
