@@ -65,6 +65,11 @@ def audio_slots(seconds: float, subsampling: int = SUBSAMPLING) -> int:
     return math.ceil(seconds * 50 / subsampling) + 1
 
 
+def layout_subsampling(layout: list[LayerSpec]) -> int:
+    """Whisper frames per audio embedding in a projector of ``layout``: the product of its convolutions' strides."""
+    return math.prod(s.stride for s in layout if s.kind == "conv")
+
+
 def layout_slots(layout: list[LayerSpec], frames: int) -> int:
     """How many embeddings ``frames`` whisper frames become in a projector of ``layout`` (no module needed)."""
     for spec in layout:
@@ -111,7 +116,7 @@ class Projector(nn.Module):
     @property
     def subsampling(self) -> int:
         """Whisper frames per audio embedding (the product of the convolutions' strides)."""
-        return math.prod(s.stride for s in self.layout if s.kind == "conv")
+        return layout_subsampling(self.layout)
 
     def num_slots(self, frames: int) -> int:
         """How many embeddings ``frames`` whisper frames become."""

@@ -225,7 +225,7 @@ def continue_settings(cfg: TrainConfig) -> TrainConfig:
         tokenizer=str((folder / "tokenizer").resolve()),
         canvas_length=cfg.canvas_length or int(info["canvas_length"]),
         canvas=cfg.canvas or info.get("canvas", "packed"),
-        subsampling=math.prod(spec["stride"] for spec in layout) if layout else cfg.subsampling,
+        subsampling=M.layout_subsampling([M.LayerSpec(**spec) for spec in layout]) if layout else cfg.subsampling,
     )
 
 
