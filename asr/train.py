@@ -1115,7 +1115,8 @@ def parser() -> argparse.ArgumentParser:
                    "then read --manifest (its clips' frames mostly done)")  # fmt: skip
     p.add_argument("--wait-for", help="with --prefetch: the file whose existence says the data is complete")
     p.add_argument("--time-budget", type=float, help="seconds for the whole run (model, frames, steps): --steps is "
-                   "set from the step time measured after 25 steps (the LR schedule follows it)")  # fmt: skip
+                   "set from the time of 20 steps with every loss, after 5 warm-up steps and any profiled ones (the "
+                   "LR schedule follows it)")  # fmt: skip
     for name in ("batch_size", "lr", "warmup", "weight_decay", "grad_clip", "w_diffusion", "w_ar", "w_ctc", "ctc_steps",
                  "pad_weight", "gamma_power", "self_conditioning", "lora_rank", "lora_alpha", "canvas_length", "seed",
                  "save_every", "log_every", "threads", "hidden", "layers", "heads", "experts", "projector_hidden",
