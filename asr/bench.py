@@ -552,6 +552,9 @@ class Bench:
         if not self.s.quick:
             self.case("20x30s-8steps-cudagraph", lambda: self.graph_case(20))
         self._drop_graphs()
+        if dev.startswith("cuda"):  # asr.kernels (ASR_MOE_KERNEL=fused): the experts alone, then the pipeline
+            self.case("moe-layer", self.moe_layer)
+            self.case("fused-moe", self.fused_moe)
         self.case("baseline-generate-eager-8steps", self.generate_eager)
         self.case("baseline-whisper-small-ar-100tok", self.whisper_ar)
         compile_s = self.s.static_compile_s if dev.startswith("cuda") else 0.0
@@ -673,6 +676,83 @@ class Bench:
                 )  # fmt: skip
             if rec["words"] != words:
                 raise RuntimeError(f"forced a {words}-word canvas, the pipeline returned {rec['words']} words")
+
+    def moe_layer(self) -> None:
+        """One layer's MoE experts alone on the canvas of batch 1 and of batch 16 (random hidden states, uniform
+        random routing): transformers' ``grouped_mm`` against :func:`asr.kernels.fused_experts` with a few tile
+        settings (``ASR_MOE_BLOCKS`` takes the best), and how far the results are apart."""
+        tiles = {  # (block_m, block_n, block_k, warps, stages): ~12 rows per expert at batch 1, ~190 at batch 16
+            1: [(16, 64, 128, 4, 3), (16, 32, 128, 4, 4), (16, 128, 128, 4, 3), (16, 64, 256, 8, 3)],
+            16: [(64, 64, 64, 4, 3), (64, 128, 64, 4, 3), (32, 64, 128, 4, 3), (128, 128, 64, 8, 3)],
+        }
+        for batch, settings in tiles.items():
+            self._moe_layer_at(batch, settings)
+
+    def _moe_layer_at(self, batch: int, tiles: list[tuple[int, ...]]) -> None:
+        from transformers.integrations.moe import grouped_mm_experts_forward
+
+        from . import kernels
+
+        bb, dev, tokens = self.stack.model.backbone, self.device, batch * self.stack.model.canvas_length
+        experts = next(m for m in bb.modules() if hasattr(m, "gate_up_proj"))
+        cfg = bb.config.text_config
+        gen = torch.Generator(device=dev).manual_seed(batch)
+        x = torch.randn(tokens, cfg.hidden_size, device=dev, generator=gen).to(bb.dtype)
+        probs = torch.randn(tokens, cfg.num_experts, device=dev, generator=gen).softmax(-1)
+        weights, index = probs.topk(cfg.top_k_experts, dim=-1)
+        weights = weights / weights.sum(-1, keepdim=True)
+        per_expert = (experts.gate_up_proj[0].numel() + experts.down_proj[0].numel()) * experts.gate_up_proj.itemsize
+        read = index.unique().numel() * per_expert  # the expert weight bytes one call must read at least
+        repeats = self.s.repeats * 4
+        common = {"batch": batch, "tokens": tokens, "repeats": repeats}
+        with torch.inference_mode():
+            ref = measure(lambda: grouped_mm_experts_forward(experts, x, index, weights), dev, repeats)
+            self.add(f"moe-layer-{tokens}tok-grouped_mm", ref.seconds, ref.peak_gb, gbps=read / ref.seconds / GB,
+                     note="transformers' grouped_mm experts, one layer", **common)  # fmt: skip
+            scale = ref.result.float().abs().max()
+            for tile in tiles:
+                blocks = kernels.Blocks(*tile)
+                run = measure(
+                    lambda b=blocks: kernels.fused_experts(
+                        x, index, weights, experts.gate_up_proj, experts.down_proj, cfg.hidden_activation, b
+                    ),
+                    dev, repeats, warmup=2,
+                )  # fmt: skip
+                err = float((run.result.float() - ref.result.float()).abs().max() / scale)
+                self.add(
+                    f"moe-layer-{tokens}tok-fused-{'x'.join(map(str, tile))}", run.seconds, run.peak_gb,
+                    gbps=read / run.seconds / GB, rel_err=err, ok=err < 2e-2, blocks=",".join(map(str, tile)),
+                    note="asr.kernels.fused_experts; rel_err = max |fused - grouped_mm| / max |grouped_mm|", **common,
+                )  # fmt: skip
+
+    def fused_moe(self) -> None:
+        """The pipeline with its experts as :mod:`asr.kernels` (what ``ASR_MOE_KERNEL=fused`` loads): agreement with
+        the ``grouped_mm`` pipeline for one seed, then the 1-window (eager and graphed) and 20-window cases."""
+        from . import kernels
+
+        bb, pipe, wave = self.stack.model.backbone, self.stack.pipeline, self.audio(1)
+        ref = pipe.transcribe(wave, steps=8, seed=11)
+        kernels.use_fused_experts(bb)
+        try:
+            got = pipe.transcribe(wave, steps=8, seed=11)
+            first = (ref.segments[0].steps.argmax[0] == got.segments[0].steps.argmax[0]).mean()
+            same = ref.segments[0].tokens == got.segments[0].tokens
+            self.add("check-fused-moe", None, _peak(self.device), ok=bool(first >= 0.99), steps=8, batch=1,
+                     first_step_argmax_agree=float(first), same_tokens=same,
+                     note="1x30s, seed 11: the first step's argmax canvas of the fused experts against grouped_mm "
+                          "(same noise; rounding differs, so later steps may part)")  # fmt: skip
+            extra = {"experts": kernels.NAME}
+            self.transcribe_case("1x30s-8steps-fusedmoe", 1, 8, note="asr.kernels experts, eager steps", **extra)
+            with graphed_pipeline(pipe):
+                self.transcribe_case("1x30s-8steps-cudagraph-fusedmoe", 1, 8, warmup=max(1, self.s.warmup),
+                                     note="asr.kernels experts; asr.fast CUDA graphs", **extra)  # fmt: skip
+            self._drop_graphs()
+            if not self.s.quick:
+                note = "asr.kernels experts; Pipeline batch_size=16"
+                self.transcribe_case("20x30s-8steps-fusedmoe", 20, 8, note=note, **extra)
+        finally:
+            kernels.use_fused_experts(bb, on=False)
+            self._drop_graphs()
 
     def check_deterministic(self) -> None:
         wave = self.audio(1)

@@ -82,6 +82,10 @@ def load(
             if "tiny-random" in (model, backbone):
                 label += " (random weights: output is noise, for tests only)"
             speech = _to(speech, device, dtype).eval()
+            if device.startswith("cuda") and os.environ.get("ASR_MOE_KERNEL") == "fused":
+                from .kernels import use_fused_experts  # needs triton, which CUDA builds of torch bring
+
+                use_fused_experts(speech.backbone)
             bf16 = small and device == "cpu" and dtype == torch.float32 and cpu_bf16_default()
             _cache[key] = Pipeline(speech, tokenizer, features, name=label, device=device, cpu_bf16=bf16)
         return _cache[key]

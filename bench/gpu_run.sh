@@ -22,9 +22,13 @@ export PYTHONPATH=/tmp/site
 
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 - <<'EOF' || exit 3
-import peft, torch, transformers
+import importlib.metadata as md, peft, torch, transformers
+try:
+    triton = md.version("triton")
+except md.PackageNotFoundError:
+    triton = "missing (the fused-moe cases will fail)"
 print(f"python3 torch {torch.__version__} (cuda {torch.version.cuda}), transformers {transformers.__version__}, "
-      f"peft {peft.__version__}, {torch.cuda.get_device_name()}")
+      f"peft {peft.__version__}, triton {triton}, {torch.cuda.get_device_name()}")
 assert transformers.__version__ == "5.23.0", "the carried transformers wheel is not the one imported"
 assert torch.cuda.is_available()
 EOF

@@ -98,6 +98,33 @@ def test_kokoro_voices_held_out_and_engine_weights():
     assert 150 < drawn.count("pico") < 250
 
 
+def test_kokoro_blends_are_new_training_voices():
+    """kokoro-blend: a new voice per draw, mixed from two different voices, never from a held-out one."""
+    rng = random.Random(0)
+    names = [md.draw_voice(rng, ["kokoro-blend"], False, []).name for _ in range(300)]
+    assert len(set(names)) > 250
+    allowed = set(md.KOKORO_VOICES + md.KOKORO_ACCENT_VOICES) - md.HELD_OUT_KOKORO
+    accents = 0
+    for name in names:
+        first, second = name.split("+")
+        first, share = first.split("*")
+        assert first != second and {first, second} <= allowed and 0.3 <= float(share) <= 0.8
+        assert first in md.KOKORO_VOICES  # the first voice (and its accent: en-us/en-gb) is an English one
+        accents += second in md.KOKORO_ACCENT_VOICES
+    assert 40 < accents < 110  # about a quarter
+    assert not md.is_held_out(md.Voice("kokoro-blend", names[0]))
+    with pytest.raises(RuntimeError):  # no held-out blends: a test set cannot be drawn from them
+        md.draw_voice(rng, ["kokoro-blend"], True, [])
+
+
+def test_excluded_sentences_from_evaluation_manifests(tmp_path):
+    """--exclude: corpus sentences spoken in an evaluation set's clips leave the training pools."""
+    corpus = {"a": ["The cat sat down.", "It rained all day.", "Birds sing."], "b": ["Go home now.", "Stay here."]}
+    (tmp_path / "eval.tsv").write_text("x.flac\tIt rained all day. Go home now.\ny.flac\tnothing here\n")
+    assert md.excluded_sentences(corpus, [tmp_path / "eval.tsv"]) == {"It rained all day.", "Go home now."}
+    assert md.excluded_sentences(corpus, []) == set()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("py_nanotts") is None, reason="py-nanotts is not installed")
 def test_pico_voices_speak():
     """SVOX Pico (py-nanotts, bundled voices): 16 kHz speech of a plausible length, slower at a lower speed."""

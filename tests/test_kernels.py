@@ -1,0 +1,133 @@
+"""asr.kernels: the fused Triton MoE experts, run on the CPU in Triton's interpreter against transformers' own
+experts (the real DiffusionGemma classes). The interpreter does not compute in bfloat16, so the kernels run in
+float16 (and float32) here; the GPU run of the benchmark checks them in bfloat16 (``check-fused-moe``)."""
+
+import os
+
+import pytest
+import torch
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton decorates the kernels: run them in numpy on the CPU
+pytest.importorskip("triton")
+
+from transformers import DiffusionGemmaForBlockDiffusion  # noqa: E402
+from transformers.models.diffusion_gemma.modeling_diffusion_gemma import DiffusionGemmaTextExperts  # noqa: E402
+
+from asr import kernels as K  # noqa: E402
+from asr.model import tiny_backbone_config  # noqa: E402
+
+
+def experts_module(experts=8, top_k=3, hidden=80, inter=48, activation="gelu_pytorch_tanh", seed=0):
+    """transformers' experts (eager loop) with weights that float16 holds exactly."""
+    cfg = tiny_backbone_config().text_config
+    cfg.num_experts, cfg.top_k_experts, cfg.hidden_size, cfg.moe_intermediate_size = experts, top_k, hidden, inter
+    cfg.hidden_activation = activation
+    cfg._experts_implementation = "eager"
+    module = DiffusionGemmaTextExperts(cfg)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in (module.gate_up_proj, module.down_proj):
+            p.copy_((torch.randn(p.shape, generator=gen) * 0.1).half().float())
+    return module
+
+
+def routing(tokens, experts, top_k, seed=0, crowd=0):
+    """Random distinct experts per token; the first ``crowd`` tokens all go to experts 0..top_k-1 (more rows than
+    one block), and expert ``experts - 1`` gets none."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.stack([torch.randperm(experts - 1, generator=gen)[:top_k] for _ in range(tokens)])
+    idx[:crowd] = torch.arange(top_k)
+    weights = torch.rand(tokens, top_k, generator=gen)
+    return idx, weights
+
+
+def test_route_covers_every_pair_once_in_blocks_of_one_expert():
+    idx, _ = routing(tokens=37, experts=8, top_k=3, crowd=20)
+    for block_m in (16, 32):
+        r = K.route(idx, 8, block_m)
+        flat = idx.reshape(-1)
+        blocks = triton_cdiv(flat.numel(), block_m) + 8
+        assert r.block_expert.shape == (blocks,)  # a fixed size, whatever the routing (CUDA-graph safe)
+        seen = []
+        for b in range(blocks):
+            e = int(r.block_expert[b])
+            if e < 0:
+                continue
+            rows = range(int(r.block_start[b]), min(int(r.block_start[b]) + block_m, int(r.block_end[b])))
+            assert len(rows) > 0
+            pairs = [int(r.pair[i]) for i in rows]
+            assert all(int(flat[p]) == e for p in pairs), "a block holds rows of another expert"
+            seen += pairs
+        assert sorted(seen) == list(range(flat.numel())), "every (token, expert) pair in exactly one block"
+        needed = sum(-(-int((flat == e).sum()) // block_m) for e in range(8))
+        assert int((r.block_expert >= 0).sum()) == needed
+
+
+def triton_cdiv(a, b):
+    return -(-a // b)
+
+
+@pytest.mark.parametrize("activation", ["gelu_pytorch_tanh", "silu"])
+@pytest.mark.parametrize("blocks", [K.Blocks(16, 16, 32), K.Blocks(32, 32, 64)])
+def test_fused_experts_match_transformers_experts(activation, blocks):
+    module = experts_module(activation=activation)
+    x = (torch.randn(37, 80, generator=torch.Generator().manual_seed(1))).half().float()
+    idx, weights = routing(tokens=37, experts=8, top_k=3, crowd=20)
+    with torch.no_grad():
+        ref = module(x, idx, weights)
+        got = K.fused_experts(
+            x.half(), idx, weights, module.gate_up_proj.half(), module.down_proj.half(), activation, blocks
+        )
+    assert got.dtype == torch.float16 and got.shape == ref.shape
+    # float16 intermediate activations: ~1e-3 of outputs of size ~2
+    assert torch.allclose(got.float(), ref, atol=5e-3, rtol=5e-3), (got.float() - ref).abs().max()
+    # and not trivially: another routing weight gives another answer
+    other = K.fused_experts(x.half(), idx, weights.flip(-1), module.gate_up_proj.half(), module.down_proj.half(),
+                            activation, blocks)  # fmt: skip
+    assert not torch.allclose(other.float(), ref, atol=5e-3, rtol=5e-3)
+
+
+def test_supports_only_the_layout_of_the_kernels():
+    module = experts_module()
+    assert K.supports(module)
+    module.config.hidden_activation = "relu"
+    assert not K.supports(module)
+
+
+def test_use_fused_experts_in_the_real_backbone_class(monkeypatch):
+    """The registered implementation inside DiffusionGemmaForBlockDiffusion gives transformers' eager output."""
+    calls = []
+    fused = K.fused_experts
+    monkeypatch.setattr(K, "fused_experts", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    torch.manual_seed(0)
+    bb = DiffusionGemmaForBlockDiffusion(tiny_backbone_config()).eval()
+    bb.set_experts_implementation("eager")
+    ids = torch.randint(3, 500, (2, 12))
+    with torch.no_grad():
+        ref = bb.model.encoder(input_ids=ids).last_hidden_state
+        assert K.use_fused_experts(bb) == K.NAME
+        assert bb.config.text_config._experts_implementation == K.NAME
+        got = bb.model.encoder(input_ids=ids).last_hidden_state
+        assert len(calls) == bb.config.text_config.num_hidden_layers  # every layer's experts ran the kernels
+        K.use_fused_experts(bb, on=False)
+        assert bb.config.text_config._experts_implementation != K.NAME
+    assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4), (got - ref).abs().max()
+
+
+def test_bench_fused_moe_cases_on_the_tiny_stack():
+    """The GPU benchmark's cases for the kernels run (here in the interpreter) and leave grouped_mm in place."""
+    from asr import bench as B
+
+    stack = B.build_stack("tiny", "cpu")
+    settings = B.Settings(repeats=1, multi_repeats=1, warmup=0, budget_s=None, static_compile_s=0.0, check=True,
+                          quick=True)  # fmt: skip
+    bench = B.Bench(stack, settings, None)
+    bench._moe_layer_at(1, [(16, 32, 64, 4, 3)])
+    bench.fused_moe()
+    records = {r["case"]: r for r in bench.records}
+    assert records["moe-layer-192tok-fused-16x32x64x4x3"]["ok"]
+    assert records["moe-layer-192tok-grouped_mm"]["seconds"] > 0
+    assert records["check-fused-moe"]["ok"] and records["check-fused-moe"]["first_step_argmax_agree"] >= 0.99
+    for case in ("1x30s-8steps-fusedmoe", "1x30s-8steps-cudagraph-fusedmoe"):
+        assert records[case]["experts"] == K.NAME and records[case]["seconds"] > 0
+    assert stack.model.backbone.config.text_config._experts_implementation != K.NAME
