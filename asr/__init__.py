@@ -11,7 +11,7 @@ from .audio import AudioError, load_audio
 from .decoding import DenoiseOptions
 from .loading import DEFAULT_MODEL, AdapterError, ModelLoadError, load
 from .pipeline import Pipeline
-from .transcript import Segment, Step, Timings, Transcript
+from .transcript import Segment, Step, Timings, Transcript, Word
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -24,6 +24,7 @@ __all__ = [
     "Step",
     "Timings",
     "Transcript",
+    "Word",
     "load",
     "load_audio",
 ]

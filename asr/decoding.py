@@ -228,6 +228,31 @@ def ctc_collapse(ids: list[int], blank: int) -> list[int]:
     return [t for t, _ in itertools.groupby(ids) if t != blank]
 
 
+def ctc_word_slots(ids: list[int], blank: int, decode: Callable[[list[int]], str]) -> list[tuple[str, int, int]]:
+    """The words of a frame-wise (one id per audio slot) CTC reading, each with the first and last slot where one
+    of its tokens is emitted: ``[(word, first_slot, last_slot), ...]``. ``decode`` turns ids into text; a token
+    belongs to the word that the text of the tokens up to it ends in (so byte-level and SentencePiece tokenizers
+    work alike). Tokens without a letter or digit (punctuation, often emitted late, in the pause after a word) do
+    not move a word's end."""
+    emitted, slot = [], 0  # (slot, id) of each emitted token: the first slot of a run of one id, blanks dropped
+    for t, run in itertools.groupby(ids):
+        if t != blank:
+            emitted.append((slot, t))
+        slot += sum(1 for _ in run)
+    tokens = [t for _, t in emitted]
+    words = decode(tokens).split()
+    slots: list[list[int]] = [[] for _ in words]
+    before = ""
+    for k, (slot, _) in enumerate(emitted):
+        text = decode(tokens[: k + 1])
+        index = len(text.split()) - 1
+        piece = text[len(before) :] if text.startswith(before) else text
+        before = text
+        if 0 <= index < len(words) and (not slots[index] or any(c.isalnum() for c in piece)):
+            slots[index].append(slot)
+    return [(w, min(s), max(s)) for w, s in zip(words, slots, strict=True) if s]
+
+
 def trim_tokens(tokens: list[int], eos_ids: list[int], pad_id: int) -> list[int]:
     """Tokens up to (not including) the first end-of-sequence id, without padding."""
     out = []

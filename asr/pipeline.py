@@ -15,9 +15,9 @@ import torch
 
 from . import audio as A
 from . import fast
-from .decoding import DenoiseOptions, ctc_collapse, denoise, trim_tokens
+from .decoding import DenoiseOptions, ctc_collapse, ctc_word_slots, denoise, trim_tokens
 from .model import SpeechModel
-from .transcript import Segment, Timings, Transcript
+from .transcript import Segment, Timings, Transcript, Word
 
 ProgressFn = Callable[[float, str], None]
 
@@ -198,11 +198,12 @@ class Pipeline:
             )
         segments = []
         for i, span in enumerate(spans):
-            tokens = self._content(result.tokens[i].tolist())
+            canvas = result.tokens[i].tolist()
+            tokens = self._content(canvas)
             trace = result.trace[i] if result.trace is not None else None
-            segments.append(
-                Segment(start=span.start, end=span.end, text=self._text(tokens), tokens=tokens, steps=trace)
-            )
+            words = self._words(canvas, span) if self.model.canvas == "aligned" else []
+            text = self._text(tokens)
+            segments.append(Segment(span.start, span.end, text, tokens=tokens, steps=trace, words=words))
         return segments
 
     def _ctc_batch(self, wave: np.ndarray, spans: list[A.Span], stages: dict[str, float]) -> list[Segment]:
@@ -211,8 +212,19 @@ class Pipeline:
         segments = []
         for span, row in zip(spans, best, strict=True):
             tokens = ctc_collapse(row, blank=self.model.prompt.pad_id)
-            segments.append(Segment(start=span.start, end=span.end, text=self._text(tokens), tokens=tokens))
+            words = self._words(row, span)
+            segments.append(Segment(span.start, span.end, self._text(tokens), tokens=tokens, words=words))
         return segments
+
+    def _words(self, slots: list[int], span: A.Span) -> list[Word]:
+        """Word timings of a reading with one id per audio slot (an aligned canvas, the CTC head's best path): a
+        word runs from the first slot where one of its tokens is emitted to the slot after its last one (a slot is
+        ``subsampling`` whisper frames of 20 ms, 0.16 s at x8), within the window."""
+        slot_s, start, end = self.model.projector.subsampling / 50, float(span.start), float(span.end)
+        return [
+            Word(word, start + first * slot_s, min(end, start + (last + 1) * slot_s))
+            for word, first, last in ctc_word_slots(slots, self.model.prompt.pad_id, self._text)
+        ]
 
     def decode(self, canvas: list[int]) -> str:
         """The text of a canvas, without special tokens: packed, the tokens up to the first end-of-sequence id

@@ -66,14 +66,28 @@ class StepTrace:
 
 
 @dataclass
+class Word:
+    """One word and when it is spoken, in seconds from the start of the audio (as whisper's ``word_timestamps``)."""
+
+    word: str
+    start: float
+    end: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"word": self.word, "start": round(self.start, 3), "end": round(self.end, 3)}
+
+
+@dataclass
 class Segment:
-    """A stretch of audio (at most 30 s) and its transcript."""
+    """A stretch of audio (at most 30 s) and its transcript. ``words`` has word timings where the model gives them
+    (an aligned canvas or the CTC head: one position per audio slot); it is empty for the packed canvas."""
 
     start: float
     end: float
     text: str
     tokens: list[int] = field(default_factory=list)
     steps: StepTrace | None = None
+    words: list[Word] = field(default_factory=list)
 
     def to_dict(self, steps: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -82,6 +96,8 @@ class Segment:
             "text": self.text,
             "tokens": list(self.tokens),
         }
+        if self.words:
+            out["words"] = [w.to_dict() for w in self.words]
         if steps and self.steps is not None:
             out["steps"] = [step.__dict__ for step in self.steps]
         return out

@@ -11,7 +11,7 @@ import torch
 from conftest import with_pauses
 
 from asr import audio as A
-from asr.decoding import DenoiseOptions, ctc_collapse, denoise, eager_step
+from asr.decoding import DenoiseOptions, ctc_collapse, ctc_word_slots, denoise, eager_step
 from asr.loading import build_tiny
 from asr.pipeline import Pipeline
 
@@ -151,6 +151,22 @@ def test_ctc_collapse():
     assert ctc_collapse([], blank=0) == []
     assert ctc_collapse([0, 5, 5, 0, 5, 3, 3, 0, 0], blank=0) == [5, 5, 3]  # a blank separates a real repeat
     assert ctc_collapse([7, 7, 7], blank=0) == [7]
+
+
+def test_ctc_word_slots():
+    """Words of a one-id-per-slot reading with the slots of their first and last letter tokens; repeats merged,
+    blanks dropped, late punctuation does not stretch a word."""
+    from asr.loading import byte_tokenizer
+
+    tok = byte_tokenizer()
+    h, i, sp, t, e, r, dot = (tok.encode(c, add_special_tokens=False)[0] for c in "hi ter.")
+    slots = [0, h, h, 0, i, 0, 0, sp, t, h, e, 0, r, 0, e, e, 0, 0, 0, dot, 0]
+    #        0  1  2  3  4  5  6  7   8  9  10 11 12 13 14 15 16 17 18 19   20
+    decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+    # the lone space (slot 7) ends "hi" without a letter; "there." starts at its "t"
+    assert ctc_word_slots(slots, 0, decode) == [("hi", 1, 4), ("there.", 8, 14)]
+    assert ctc_word_slots([0, 0, 0], 0, decode) == []
+    assert ctc_word_slots([h, h, h], 0, decode) == [("h", 0, 0)]
 
 
 def test_transcribe_ctc_is_the_greedy_ctc_head(tiny):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import asr
@@ -31,6 +33,31 @@ def test_mini_transcribes_the_examples():
     result = evaluate(pipe, read_manifest(EXAMPLES), 8, seed=0, warmup=False)
     assert result.rates.wer < 90.0 and result.rates.cer < 60.0, result.rates
     assert all(r.hypothesis.strip() for r in result.utterances)
+
+
+@pytest.mark.parametrize("reading", ["denoise", "ctc"])
+def test_mini_word_timestamps_follow_the_speech(reading):
+    """Two example clips with 1.5 s of silence between them: every word lies inside the speech of one clip (the
+    splitter's own voiced spans of each clip give the truth), in order, and each clip gets its words."""
+    from asr import audio as A
+
+    a, b = (A.load_audio(ROOT / "examples" / name) for name in ("quick_brown_fox.flac", "meeting_time.flac"))
+    gap = 1.5
+    offset = (len(a) / A.SAMPLE_RATE) + gap
+    wave = np.concatenate([a, np.zeros(int(gap * A.SAMPLE_RATE), np.float32), b])
+    (a_span,), (b_span,) = A.split_on_silence(a), A.split_on_silence(b)
+    pipe = asr.load("mini", device="cpu")
+    t = pipe.transcribe(wave, steps=8, seed=0) if reading == "denoise" else pipe.transcribe_ctc(wave)
+    words = [w for s in t.segments for w in s.words]
+    assert [w.word for w in words] == t.text.split()
+    slack = 0.2  # the slot (0.16 s) a token is emitted in, and the splitter's padding
+    first = [w for w in words if w.end <= a_span.end + slack]
+    second = [w for w in words if w.start >= offset + b_span.start - slack]
+    assert len(first) >= 4 and len(second) >= 6 and len(first) + len(second) == len(words), words
+    assert first[0].start <= a_span.start + 0.5 and second[0].start <= offset + b_span.start + 0.5
+    assert all(w.start < w.end for w in words)
+    assert all(x.end <= y.start for x, y in itertools.pairwise(words))
+    assert t.to_dict(steps=False)["segments"][0]["words"][0] == words[0].to_dict()
 
 
 def test_cli_falls_back_to_mini_when_the_default_model_cannot_load():

@@ -44,6 +44,7 @@ def test_dict_is_json_safe(tiny):
     assert set(first) == {"index", "temperature", "canvas", "sampled", "argmax", "accepted", "confidence", "entropy"}
     assert len(first["canvas"]) == tiny.model.canvas_length
     assert "steps" not in json.loads(t.to_json(steps=False))["segments"][0]
+    assert t.segments[0].words == [] and "words" not in seg  # a packed canvas has no word timings
     assert set(data["timings"]["stages"]) >= {"decode_audio", "features", "encoder+projector", "prefill", "denoise"}
 
 
