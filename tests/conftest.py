@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
+
+# asr.kernels' tests run Triton kernels on the CPU in Triton's interpreter. It must be on before torch or
+# transformers first import triton (in whichever test module is collected first), or nested @triton.jit calls fail.
+os.environ["TRITON_INTERPRET"] = "1"
 
 import numpy as np
 import pytest

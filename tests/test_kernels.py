@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-os.environ["TRITON_INTERPRET"] = "1"  # before triton decorates the kernels: run them in numpy on the CPU
+assert os.environ.get("TRITON_INTERPRET") == "1", "conftest.py turns Triton's interpreter on"
 pytest.importorskip("triton")
 
 from transformers import DiffusionGemmaForBlockDiffusion  # noqa: E402
