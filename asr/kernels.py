@@ -113,22 +113,27 @@ def _activation(x, ACT: tl.constexpr):
 
 
 @triton.jit
+def _block(pair_ptr, block_start_ptr, block_end_ptr, n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's rows (sorted pairs) and their pair indices, and its output columns, with their masks."""
+    rows = tl.load(block_start_ptr + tl.program_id(0)) + tl.arange(0, BLOCK_M)
+    row_ok = rows < tl.load(block_end_ptr + tl.program_id(0))
+    pair = tl.load(pair_ptr + rows, mask=row_ok, other=0)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return rows, row_ok, pair, cols, cols < n
+
+
+@triton.jit
 def _gate_up_kernel(
     x_ptr, w_ptr, h_ptr, pair_ptr, block_expert_ptr, block_start_ptr, block_end_ptr,
     hidden, inter, stride_x, stride_we, stride_wn, stride_h,
     TOP_K: tl.constexpr, ACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """h[row, n] = act(x[token] . w[e, n]) * (x[token] . w[e, inter + n]) for the rows of one block."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    expert = tl.load(block_expert_ptr + pid_m)
-    if expert < 0:
+    expert = tl.load(block_expert_ptr + tl.program_id(0))
+    if expert < 0:  # a block past the last expert's rows
         return
-    rows = tl.load(block_start_ptr + pid_m) + tl.arange(0, BLOCK_M)
-    row_ok = rows < tl.load(block_end_ptr + pid_m)
-    token = tl.load(pair_ptr + rows, mask=row_ok, other=0) // TOP_K
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < inter
+    rows, row_ok, pair, cols, col_ok = _block(pair_ptr, block_start_ptr, block_end_ptr, inter, BLOCK_M, BLOCK_N)
+    token = pair // TOP_K
     ks = tl.arange(0, BLOCK_K)
     x_ptrs = x_ptr + token.to(tl.int64)[:, None] * stride_x + ks[None, :]
     g_ptrs = w_ptr + expert.to(tl.int64) * stride_we + cols.to(tl.int64)[:, None] * stride_wn + ks[None, :]
@@ -155,16 +160,10 @@ def _down_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """out[pair, n] = routing_weight[pair] * (h[row] . w[e, n]) for the rows of one block (float32 out)."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    expert = tl.load(block_expert_ptr + pid_m)
+    expert = tl.load(block_expert_ptr + tl.program_id(0))
     if expert < 0:
         return
-    rows = tl.load(block_start_ptr + pid_m) + tl.arange(0, BLOCK_M)
-    row_ok = rows < tl.load(block_end_ptr + pid_m)
-    pair = tl.load(pair_ptr + rows, mask=row_ok, other=0)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < hidden
+    rows, row_ok, pair, cols, col_ok = _block(pair_ptr, block_start_ptr, block_end_ptr, hidden, BLOCK_M, BLOCK_N)
     ks = tl.arange(0, BLOCK_K)
     h_ptrs = h_ptr + rows.to(tl.int64)[:, None] * stride_h + ks[None, :]
     w_ptrs = w_ptr + expert.to(tl.int64) * stride_we + cols.to(tl.int64)[:, None] * stride_wn + ks[None, :]
