@@ -682,7 +682,7 @@ class Bench:
         random routing): transformers' ``grouped_mm`` against :func:`asr.kernels.fused_experts` with a few tile
         settings (``ASR_MOE_BLOCKS`` takes the best), and how far the results are apart."""
         tiles = {  # (block_m, block_n, block_k, warps, stages): ~12 rows per expert at batch 1, ~190 at batch 16
-            1: [(16, 64, 128, 4, 3), (16, 32, 128, 4, 4), (16, 128, 128, 4, 3), (16, 64, 256, 8, 3)],
+            1: [(32, 64, 128, 4, 3), (16, 64, 128, 4, 3), (32, 32, 128, 4, 4), (32, 128, 128, 4, 3)],
             16: [(64, 64, 64, 4, 3), (64, 128, 64, 4, 3), (32, 64, 128, 4, 3), (128, 128, 64, 8, 3)],
         }
         for batch, settings in tiles.items():
