@@ -374,8 +374,9 @@ class FrameCache:
         return self._threads
 
     def ensure(self, examples: list[Example], batch_size: int = 8, progress: bool = True) -> int:
-        """Compute and store the outputs of every clip not cached yet; returns how many were computed."""
-        todo = [e for e in examples if not self.path(e.audio).is_file()]
+        """Compute and store the outputs of every clip not cached yet (once per clip: a manifest may list a clip more
+        than once to weight it); returns how many were computed."""
+        todo = list({e.audio: e for e in examples if not self.path(e.audio).is_file()}.values())
         if not todo:
             return 0
         from tqdm import tqdm

@@ -54,7 +54,7 @@ def _setup(manifest, tmp_path, **overrides):
     examples, dropped = T.prepare_examples(T.read_manifest(manifest), tokenizer, speech.canvas_length)
     assert dropped == 0 and len(examples) == len(TEXTS)
     cache = T.FrameCache(tmp_path / "frames", speech, features)
-    cache.ensure(examples, progress=False)
+    assert cache.ensure(examples + examples[:2], progress=False) == len(examples)  # a repeated clip: computed once
     batch = T.make_batch(examples, speech.prompt, speech.canvas_length)
     return cfg, speech, params, cache.load(examples), batch
 
