@@ -21,6 +21,7 @@ AUDIO_TOKEN_ID = 258_881  # <|audio|>, one placeholder per audio embedding
 AUDIO_END_ID = 258_883  # <audio|>
 AUDIO_TOKENS = ("<|audio>", "<|audio|>", "<audio|>")
 SUBSAMPLING = 8  # whisper frames per audio embedding
+WHISPER_FRAME_RATE = 50  # whisper encoder frames per second of audio (20 ms each)
 # How the transcript sits on the canvas. "packed" (the released adapter): its ids from the first position, then EOS,
 # then pad. "aligned" (for small models, ``asr.train --canvas aligned``): one position per audio slot, each id at the
 # slot where the CTC head's best path emits it, pad elsewhere. Two equal ids are never side by side there (CTC puts a
@@ -62,7 +63,7 @@ def default_projector_layout(in_dim: int, hidden: int, out_dim: int, subsampling
 def audio_slots(seconds: float, subsampling: int = SUBSAMPLING) -> int:
     """The audio slots that cover ``seconds`` of audio at the start of a window (whisper: 50 frames per second),
     plus one for the frame the projector's convolutions smear over the audio's end."""
-    return math.ceil(seconds * 50 / subsampling) + 1
+    return math.ceil(seconds * WHISPER_FRAME_RATE / subsampling) + 1
 
 
 def layout_subsampling(layout: list[LayerSpec]) -> int:

@@ -16,7 +16,7 @@ import torch
 from . import audio as A
 from . import fast
 from .decoding import DenoiseOptions, ctc_collapse, ctc_word_slots, denoise, trim_tokens
-from .model import SpeechModel
+from .model import WHISPER_FRAME_RATE, SpeechModel
 from .transcript import Segment, Timings, Transcript, Word
 
 ProgressFn = Callable[[float, str], None]
@@ -220,7 +220,8 @@ class Pipeline:
         """Word timings of a reading with one id per audio slot (an aligned canvas, the CTC head's best path): a
         word runs from the first slot where one of its tokens is emitted to the slot after its last one (a slot is
         ``subsampling`` whisper frames of 20 ms, 0.16 s at x8), within the window."""
-        slot_s, start, end = self.model.projector.subsampling / 50, float(span.start), float(span.end)
+        slot_s = self.model.projector.subsampling / WHISPER_FRAME_RATE
+        start, end = float(span.start), float(span.end)
         return [
             Word(word, start + first * slot_s, min(end, start + (last + 1) * slot_s))
             for word, first, last in ctc_word_slots(slots, self.model.prompt.pad_id, self._text)

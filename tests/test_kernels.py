@@ -8,7 +8,7 @@ import pytest
 import torch
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "conftest.py turns Triton's interpreter on"
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 from transformers import DiffusionGemmaForBlockDiffusion  # noqa: E402
 from transformers.models.diffusion_gemma.modeling_diffusion_gemma import DiffusionGemmaTextExperts  # noqa: E402
@@ -46,7 +46,7 @@ def test_route_covers_every_pair_once_in_blocks_of_one_expert():
     for block_m in (16, 32):
         r = K.route(idx, 8, block_m)
         flat = idx.reshape(-1)
-        blocks = triton_cdiv(flat.numel(), block_m) + 8
+        blocks = triton.cdiv(flat.numel(), block_m) + 8
         assert r.block_expert.shape == (blocks,)  # a fixed size, whatever the routing (CUDA-graph safe)
         seen = []
         for b in range(blocks):
@@ -59,12 +59,8 @@ def test_route_covers_every_pair_once_in_blocks_of_one_expert():
             assert all(int(flat[p]) == e for p in pairs), "a block holds rows of another expert"
             seen += pairs
         assert sorted(seen) == list(range(flat.numel())), "every (token, expert) pair in exactly one block"
-        needed = sum(-(-int((flat == e).sum()) // block_m) for e in range(8))
+        needed = sum(triton.cdiv(int((flat == e).sum()), block_m) for e in range(8))
         assert int((r.block_expert >= 0).sum()) == needed
-
-
-def triton_cdiv(a, b):
-    return -(-a // b)
 
 
 @pytest.mark.parametrize("activation", ["gelu_pytorch_tanh", "silu"])
