@@ -5,6 +5,7 @@ The denoising of the transcript canvas lives in :mod:`asr.decoding`; this module
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
@@ -48,9 +49,7 @@ class LayerSpec:
 def default_projector_layout(in_dim: int, hidden: int, out_dim: int, subsampling: int = SUBSAMPLING) -> list[LayerSpec]:
     """Three convolutions then a two-layer MLP: 768 -> 1280 -> 2816 is ~18 M params. The convolutions have stride 2
     (x8 in time, the released adapter's layout); ``subsampling`` 4, 2 or 1 gives the last ones stride 1."""
-    if subsampling not in (1, 2, 4, 8):
-        raise ValueError(f"subsampling must be 1, 2, 4 or 8, got {subsampling}")
-    s1, s2, s3 = (2 if subsampling >= 2 ** (i + 1) else 1 for i in range(3))
+    s1, s2, s3 = conv_strides(subsampling, 3)
     return [
         LayerSpec("conv", in_dim, hidden, 3, s1),
         LayerSpec("conv", hidden, hidden, 3, s2),
@@ -58,6 +57,20 @@ def default_projector_layout(in_dim: int, hidden: int, out_dim: int, subsampling
         LayerSpec("linear", hidden, hidden),
         LayerSpec("linear", hidden, out_dim),
     ]
+
+
+def conv_strides(subsampling: int, convs: int) -> list[int]:
+    """Strides of ``convs`` convolutions that subsample by ``subsampling``: 2 for the first ones, then 1."""
+    if subsampling not in [2**i for i in range(convs + 1)]:
+        raise ValueError(f"subsampling must be a power of two up to {2**convs}, got {subsampling}")
+    return [2 if subsampling >= 2 ** (i + 1) else 1 for i in range(convs)]
+
+
+def restride_layout(layout: list[LayerSpec], subsampling: int) -> list[LayerSpec]:
+    """``layout`` with its convolutions' strides set for ``subsampling`` (same weights; e.g. x8 -> x4 makes the last
+    convolution stride 1, so every other output of the x4 projector is exactly an output of the x8 one)."""
+    strides = iter(conv_strides(subsampling, sum(s.kind == "conv" for s in layout)))
+    return [dataclasses.replace(s, stride=next(strides)) if s.kind == "conv" else s for s in layout]
 
 
 def audio_slots(seconds: float, subsampling: int = SUBSAMPLING) -> int:

@@ -121,7 +121,9 @@ class TrainConfig:
     heads: int = 4
     experts: int = 4
     projector_hidden: int = 512
-    subsampling: int = 8  # whisper frames per audio slot (8: 6.25 slots per second, as the released projector)
+    # whisper frames per audio slot: a new model's (None: 8, 6.25 slots per second, as the released projector), or a
+    # new rate for a continued model's projector (its convolutions re-strided, weights kept)
+    subsampling: int | None = None
     # real backbone (``--model new-adapter`` or an adapter)
     backbone: str = "google/diffusiongemma-26B-A4B-it"
     whisper_id: str = "openai/whisper-small"
@@ -186,13 +188,13 @@ def build_small(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
     if cfg.tokenizer == "byte":
         vocab = 512
     eos = tokenizer.eos_token_id
-    layout = M.default_projector_layout(whisper.config.d_model, cfg.projector_hidden, cfg.hidden, cfg.subsampling)
+    layout = M.default_projector_layout(
+        whisper.config.d_model, cfg.projector_hidden, cfg.hidden, cfg.subsampling or M.SUBSAMPLING
+    )
     slots = M.layout_slots(layout, whisper.config.max_source_positions)
     canvas = slots if cfg.canvas == "aligned" else cfg.canvas_length or 128
-    # the sliding layers see the whole prompt from every canvas position (512 is enough at x8: 188 slots + 160)
-    window = max(512, 128 * math.ceil((slots + 64 + canvas) / 128))
     config = small_backbone_config(
-        vocab, cfg.hidden, cfg.layers, cfg.heads, cfg.experts, canvas, sliding_window=window,
+        vocab, cfg.hidden, cfg.layers, cfg.heads, cfg.experts, canvas, sliding_window=sliding_window(slots, canvas),
         pad_id=tokenizer.pad_token_id or 0, eos_id=eos, bos_id=tokenizer.bos_token_id or 2,
     )  # fmt: skip
     state = torch.random.get_rng_state()
@@ -205,6 +207,28 @@ def build_small(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
     backbone.generation_config.eos_token_id = [eos]
     prompt = M.prompt_format_from_tokenizer(tokenizer, eos_ids=[eos])
     return SpeechModel(whisper, projector, backbone, prompt), tokenizer, features
+
+
+def sliding_window(slots: int, canvas: int) -> int:
+    """The small backbone's sliding window for ``slots`` audio slots and a ``canvas``-long canvas: the sliding layers
+    see the whole prompt from every canvas position (512 is enough at x8: 188 slots + 160)."""
+    return max(512, 128 * math.ceil((slots + 64 + canvas) / 128))
+
+
+def restride_projector(speech: SpeechModel, subsampling: int) -> None:
+    """Give ``speech``'s projector the convolution strides of ``subsampling``, weights kept (``--subsampling`` with
+    ``--model FOLDER``): an aligned canvas follows the new slot count, and the backbone's sliding window grows to
+    cover the longer prompt if needed."""
+    old = speech.projector
+    speech.projector = Projector(M.restride_layout(old.layout, subsampling)).to(next(old.parameters()).dtype)
+    speech.projector.load_state_dict(old.state_dict())
+    speech.canvas = speech.canvas  # an aligned canvas takes the new slot count
+    text = speech.backbone.config.text_config
+    window = max(text.sliding_window, sliding_window(speech.num_slots, speech.canvas_length))
+    text.sliding_window = window
+    for module in speech.backbone.modules():  # the attention layers copied it when they were built
+        if getattr(module, "sliding_window", None) is not None:
+            module.sliding_window = window
 
 
 def continue_settings(cfg: TrainConfig) -> TrainConfig:
@@ -225,7 +249,7 @@ def continue_settings(cfg: TrainConfig) -> TrainConfig:
         tokenizer=str((folder / "tokenizer").resolve()),
         canvas_length=cfg.canvas_length or int(info["canvas_length"]),
         canvas=cfg.canvas or info.get("canvas", "packed"),
-        subsampling=M.layout_subsampling([M.LayerSpec(**spec) for spec in layout]) if layout else cfg.subsampling,
+        subsampling=cfg.subsampling or (M.layout_subsampling([M.LayerSpec(**s) for s in layout]) if layout else None),
     )
 
 
@@ -264,9 +288,13 @@ def build_model(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
             M.inject_lora(speech.backbone, {t: cfg.lora_rank for t in targets}, cfg.lora_alpha)
         finally:
             torch.random.set_rng_state(state)
-    speech.projector.float()
     if cfg.canvas is not None:
         speech.canvas = cfg.canvas  # aligned: one canvas position per audio slot
+    if cfg.subsampling and cfg.subsampling != speech.projector.subsampling:
+        if small_model_folder(cfg.model) is None:
+            raise ValueError("--subsampling applies to new small models and to --model FOLDER (re-strided)")
+        restride_projector(speech, cfg.subsampling)
+    speech.projector.float()
     return speech, tokenizer, features
 
 
@@ -1121,7 +1149,7 @@ def parser() -> argparse.ArgumentParser:
     for name in ("batch_size", "lr", "warmup", "weight_decay", "grad_clip", "w_diffusion", "w_ar", "w_ctc", "ctc_steps",
                  "pad_weight", "gamma_power", "self_conditioning", "lora_rank", "lora_alpha", "canvas_length", "seed",
                  "save_every", "log_every", "threads", "hidden", "layers", "heads", "experts", "projector_hidden",
-                 "subsampling", "eval_every", "eval_count", "eval_steps", "max_seconds", "min_lr_ratio"):  # fmt: skip
+                 "eval_every", "eval_count", "eval_steps", "max_seconds", "min_lr_ratio"):  # fmt: skip
         kind = {int: int, float: float}.get(type(getattr(d, name)), int)
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name))
     helps = {"cache_dir": "whisper-output cache folder (default OUT/frames), or 'memory': kept on --device"}
@@ -1132,6 +1160,10 @@ def parser() -> argparse.ArgumentParser:
                    "EOS, then pad (the released adapter's); aligned: one position per audio slot, each id where the "
                    "CTC head's best path emits it (the canvas length is then the slot count). Default: as the model "
                    "given was trained, else packed")  # fmt: skip
+    p.add_argument("--subsampling", type=int, choices=[1, 2, 4, 8], help="whisper frames per audio slot: a new "
+                   "small model's (default 8: 6.25 slots per second), or, with --model FOLDER, a new rate for its "
+                   "projector (convolutions re-strided, weights kept; e.g. 4: every other slot is exactly an x8 "
+                   "slot); an aligned canvas takes the new slot count")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 

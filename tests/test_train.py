@@ -216,6 +216,27 @@ def test_aligned_small_model_trains_exports_transcribes_and_continues_aligned(ma
     code = T.main(["--manifest", str(manifest), "--out", str(tmp_path / "more"), "--model", str(out / "model"),
                    "--steps", "1", "--batch-size", "2", "--quiet"])  # fmt: skip
     assert code == 0 and T.read_checkpoint(tmp_path / "more" / T.CHECKPOINT)["config"]["canvas"] == "aligned"
+    # --subsampling 4 re-strides its projector: the same weights at twice the rate; the canvas and the window follow
+    code = T.main(["--manifest", str(manifest), "--out", str(tmp_path / "x4"), "--model", str(out / "model"),
+                   "--subsampling", "4", "--steps", "1", "--batch-size", "2", "--lr", "0", "--warmup", "0",
+                   "--quiet"])  # fmt: skip
+    assert code == 0
+    x4, _, _ = T.load_exported(tmp_path / "x4" / "model")
+    assert x4.projector.subsampling == 4 and x4.canvas == "aligned" and x4.canvas_length == x4.num_slots == 375
+    window = x4.backbone.config.text_config.sliding_window
+    assert window >= 375 + 375 and {m.sliding_window for m in x4.backbone.modules()
+                                    if getattr(m, "sliding_window", None) is not None} == {window}  # fmt: skip
+    x8 = pipe.model.float()
+    frames = torch.randn(1, 1500, x8.projector.in_dim)
+    with torch.no_grad():  # every other x4 slot is the x8 slot
+        torch.testing.assert_close(x4.projector(frames)[:, ::2], x8.projector(frames), rtol=1e-5, atol=1e-5)
+    before = dict(x8.named_parameters())
+    for name, tensor in x4.named_parameters():  # lr 0: the exported weights
+        torch.testing.assert_close(tensor, before[name], rtol=0, atol=0, msg=name)
+    assert isinstance(asr.load(str(tmp_path / "x4" / "model"), device="cpu").transcribe(
+        str(manifest.parent / "c1.flac"), steps=2).text, str)  # fmt: skip
+    with pytest.raises(ValueError, match="re-strided"):
+        T.build_model(dataclasses.replace(cfg, model="tiny-random", subsampling=4))
     with pytest.raises(ValueError, match="--canvas"):
         T.build_model(dataclasses.replace(cfg, canvas="diagonal"))
     with pytest.raises(ValueError, match="needs --train all"):
@@ -307,6 +328,8 @@ def test_small_model_with_x4_projector_trains_exports_and_transcribes(manifest, 
     )  # fmt: skip
     speech, tokenizer, _ = T.build_model(cfg)
     assert speech.projector.subsampling == 4 and speech.num_slots == 375  # 1500 whisper frames / 4
+    with pytest.raises(ValueError, match="power of two up to 8"):
+        M.default_projector_layout(384, 32, 32, 3)
     assert speech.backbone.config.text_config.sliding_window >= 375 + 32  # the sliding layers see the whole prompt
     examples, _ = T.prepare_examples(T.read_manifest(manifest), tokenizer, 32)
     batch = T.make_batch(examples, speech.prompt, 32, subsampling=4)
