@@ -74,3 +74,22 @@ def test_cli_falls_back_to_mini_when_the_default_model_cannot_load():
     named = subprocess.run([sys.executable, "-m", "asr", str(clip), "--model", asr.DEFAULT_MODEL],
                            capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)  # fmt: skip
     assert named.returncode == 2 and "using mini" not in named.stderr
+
+
+def test_ship_mini_reads_every_summary_line_of_an_evaluation(tmp_path):
+    """ship_mini records the CTC head's and every step count's WER line, also from ``asr.evaluate --quiet`` output,
+    which prints the last step count's summary only as its final two lines."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ship_mini", Path(__file__).parent.parent / "train" / "ship_mini.py")
+    ship_mini = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship_mini)
+    out = tmp_path / "eval.txt"
+    run = subprocess.run([sys.executable, "-m", "asr.evaluate", "--manifest", str(EXAMPLES), "--model", "mini",
+                          "--steps", "1,2", "--ctc", "--quiet", "--limit", "2"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    out.write_text(run.stdout)
+    lines = ship_mini.wer_lines(out)
+    assert [line.split(":")[0] for line in lines] == ["CTC head, greedy (no denoising)", "1 steps", "2 steps"]
+    assert all(" WER " in line and "RTFx" in line for line in lines)

@@ -29,9 +29,12 @@ WER_LINE = re.compile(r"^(?:CTC head, greedy \(no denoising\)|\d+ steps): WER .*
 
 
 def wer_lines(path: Path) -> list[str]:
-    """The summary lines of an ``asr.evaluate`` output (CTC head and each step count)."""
+    """The summary lines of an ``asr.evaluate`` output (CTC head and each step count). The last step count's summary
+    is printed as two lines (``N steps:``, then ``WER ...``), and only there with ``--quiet``: joined here."""
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    return list(dict.fromkeys(line.split("  (")[0] for line in lines if WER_LINE.match(line)))
+    joined = [f"{a} {b}" if re.fullmatch(r"\d+ steps:", a) and b.startswith("WER ") else a
+              for a, b in zip(lines, lines[1:] + [""], strict=True)]  # fmt: skip
+    return list(dict.fromkeys(line.split("  (")[0] for line in joined if WER_LINE.match(line)))
 
 
 def ship(src: Path, evals: dict[str, Path]) -> Path:
