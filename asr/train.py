@@ -14,7 +14,8 @@ The three losses of the published recipe, on one batch of clips (B clips, canvas
   probability 0.5 a first, no-gradient pass's logits, divided by a temperature drawn from the sampler's range
   (0.4-0.8, as inference feeds them), are passed as ``self_conditioning_logits``. With ``--canvas aligned`` the
   clean canvas has one position per audio slot instead: each id at the slot where the CTC head's best path
-  (Viterbi, recomputed every batch from the current head) emits it, pad elsewhere (``asr.model.CANVASES``).
+  (Viterbi, recomputed every batch from the current head) emits it, pad elsewhere (``asr.model.CANVASES``), and it
+  ends, as at inference, after the slots that cover the batch's longest clip (not at the 30 s window's end).
 - **ar** (autoregressive auxiliary): the causal encoder continues the prompt's cache with the transcript tokens
   (teacher forcing) and predicts each next token and finally EOS through the tied lm_head (with the model's logit
   soft-capping): the last prompt position predicts the first token.
@@ -649,11 +650,13 @@ def ctc_log_probs(speech: SpeechModel, audio: torch.Tensor) -> torch.Tensor:
 def aligned_batch(batch: Batch, log_probs: torch.Tensor, pad: int, pad_weight: float = 1.0) -> Batch:
     """``batch`` with the aligned canvas (``asr.model.CANVASES``) of the CTC head's ``log_probs`` (B, slots, V, from
     :func:`ctc_log_probs`): each transcript id at the slot where the head's best path emits it, pad elsewhere, weight
-    ``pad_weight`` there."""
+    ``pad_weight`` there. The canvas ends after the last slot any clip's path may use (the slots covering the longest
+    clip's audio, as inference's canvas ends there: ``SpeechModel.canvas_for``), not at the 30 s window's end."""
     B, slots, _ = log_probs.shape
     targets = [t.tolist() for t in batch.ctc_targets.split(batch.target_lengths.tolist())]
-    where = ctc_alignment(log_probs, targets, ctc_input_lengths(batch, slots), blank=pad)
-    canvas = torch.full((B, slots), pad, dtype=torch.long)
+    lengths = ctc_input_lengths(batch, slots)
+    where = ctc_alignment(log_probs, targets, lengths, blank=pad)
+    canvas = torch.full((B, int(lengths.max())), pad, dtype=torch.long)
     for b, (ids, at) in enumerate(zip(targets, where, strict=True)):
         canvas[b, at] = torch.tensor(ids)
     text = canvas != pad
@@ -751,7 +754,7 @@ def _backbone_losses(
         corrupt = torch.rand(B, C, generator=generator) < gamma[:, None]
         noise = torch.randint(0, vocab, (B, C), generator=generator)
         noisy = torch.where(corrupt.to(device), noise.to(device), canvas)
-        mask_mapping, positions = decoder_inputs(backbone, cache, P, B)  # as at inference
+        mask_mapping, positions = decoder_inputs(backbone, cache, P, B, C)  # as at inference
         use_sc = torch.rand(B, generator=generator) < cfg.self_conditioning
         temperature = cfg.sc_t_min + (cfg.sc_t_max - cfg.sc_t_min) * torch.rand(B, 1, 1, generator=generator)
         sc_logits = sc_mask = None

@@ -178,6 +178,16 @@ def test_aligned_canvas_is_one_slot_per_position_and_reads_back_as_the_transcrip
     audio = speech.projector(cache.load(examples))
     aligned = T.aligned_batch(batch, T.ctc_log_probs(speech, audio), speech.prompt.pad_id, pad_weight=0.1)
     pad = speech.prompt.pad_id
+    # the canvas ends where inference's ends for the batch's longest clip (the slots covering its audio), or at the
+    # window's end when some transcript has no CTC path within its clip's slots
+    fits = batch.min_slots <= batch.audio_slots
+    want = max(speech.canvas_for(e.seconds) for e in examples) if bool(fits.all()) else speech.num_slots
+    assert aligned.canvas.shape == aligned.canvas_weight.shape == aligned.canvas_text.shape == (len(examples), want)
+    short = [e for e, f in zip(examples, fits.tolist(), strict=True) if f]
+    assert short, "the tiny manifest should have clips whose transcript fits their slots"
+    batch_short = T.make_batch(short, speech.prompt, speech.canvas_length)
+    aligned_short = T.aligned_batch(batch_short, T.ctc_log_probs(speech, speech.projector(cache.load(short))), pad)
+    assert aligned_short.canvas.shape[1] == max(speech.canvas_for(e.seconds) for e in short) < speech.num_slots
     pipe = Pipeline(speech, tokenizer, features, name="tiny", device="cpu")
     for b, example in enumerate(examples):
         row, text = aligned.canvas[b], aligned.canvas_text[b]
