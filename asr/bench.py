@@ -367,6 +367,21 @@ def forced_canvas(backbone: nn.Module, ids: torch.Tensor) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _env(**values: str | None) -> Iterator[None]:
+    """Set environment variables for the duration (None: leave that one as it is)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
 def graphed_pipeline(pipe: Pipeline, on: bool = True) -> Iterator[None]:
     """Make ``pipe`` denoise every batch with :func:`asr.fast.denoise` for the duration (the other cases time the
     eager step: the benchmark builds its pipeline with ``cuda_graphs=False``). ``on=False`` changes nothing."""
@@ -443,6 +458,7 @@ class Bench:
             self.base["conditions"] = os.environ["BENCH_CONDITIONS"]
         self.base["run"] = f"{self.base['date']}-{stack.size}-{'cuda' if self.device.startswith('cuda') else 'cpu'}"
         self._audio: dict[int, np.ndarray] = {}
+        self._moe_best: dict[int, tuple[str, float]] = {}  # batch -> (ASR_MOE_BLOCKS, seconds), from moe_layer
 
     # records
 
@@ -631,9 +647,9 @@ class Bench:
         step = eager_step(bb, cache, prompt_len, batch)
         return lambda: step(canvas, sc)
 
-    def _profile_step(self, embeds: torch.Tensor, steps: int = 3) -> None:
-        """Operator table (CUDA kernels on a GPU) of ``steps`` eager decoder steps at batch 1, into
-        ``OUT/decoder-step-profile.txt``: where a step's time goes, for the kernel work the targets need."""
+    def _profile_step(self, embeds: torch.Tensor, steps: int = 3, path: Path | None = None) -> None:
+        """Operator table (CUDA kernels on a GPU) of ``steps`` eager decoder steps at batch 1, into ``path``
+        (``OUT/decoder-step-profile.txt``): where a step's time goes, for the kernel work the targets need."""
         from .train import start_profiler, write_profile
 
         call = self._step_call(embeds, 1)
@@ -643,14 +659,15 @@ class Bench:
         for _ in range(steps):
             call()
         sync(self.device)
-        write_profile(profiler, self.out / PROFILE_FILE, self.device, f"{steps} eager decoder steps at batch 1")
+        what = f"{steps} eager decoder steps at batch 1"
+        write_profile(profiler, path or self.out / PROFILE_FILE, self.device, what)
 
-    def _decoder_step(self, embeds: torch.Tensor, batch: int) -> None:
+    def _decoder_step(self, embeds: torch.Tensor, batch: int, suffix: str = "", **extra: Any) -> None:
         call, dev = self._step_call(embeds, batch), self.device
         timing = measure(call, dev, self.s.repeats, self.s.warmup)
-        name = "decoder-step" if batch == 1 else f"decoder-step-{batch}x"
+        name = ("decoder-step" if batch == 1 else f"decoder-step-{batch}x") + suffix
         self.add(name, timing.seconds, timing.peak_gb, batch=batch, segments=batch, repeats=len(timing.samples),
-                 note="one backbone forward over the canvas, with self-conditioning logits")  # fmt: skip
+                 note="one backbone forward over the canvas, with self-conditioning logits", **extra)  # fmt: skip
 
     def words(self, graphed: bool = False) -> None:
         """5- vs 60-word transcripts: the canvas content is forced, the compute is the canvas's (see forced_canvas).
@@ -682,9 +699,11 @@ class Bench:
         random routing): transformers' ``grouped_mm`` against :func:`asr.kernels.fused_experts` with a few tile
         settings (``ASR_MOE_BLOCKS`` takes the best), and how far the results are apart."""
         tiles = {  # (block_m, block_n, block_k, warps, stages): ~12 rows per expert at batch 1, ~190 at batch 16
-            1: [(32, 64, 128, 4, 3), (16, 64, 128, 4, 3), (32, 32, 128, 4, 4), (32, 128, 128, 4, 3)],
-            16: [(64, 64, 64, 4, 3), (64, 128, 64, 4, 3), (32, 64, 128, 4, 3), (128, 128, 64, 8, 3)],
-        }
+            1: [(32, 64, 128, 4, 3), (16, 64, 128, 4, 3), (32, 32, 128, 4, 4), (32, 128, 128, 4, 3),
+                (16, 32, 256, 4, 4), (32, 64, 256, 4, 3), (16, 128, 128, 8, 3)],
+            16: [(64, 64, 64, 4, 3), (64, 128, 64, 4, 3), (32, 64, 128, 4, 3), (128, 128, 64, 8, 3),
+                 (64, 128, 64, 8, 4), (128, 64, 64, 4, 4)],
+        }  # fmt: skip
         for batch, settings in tiles.items():
             self._moe_layer_at(batch, settings)
 
@@ -711,19 +730,26 @@ class Bench:
                      note="transformers' grouped_mm experts, one layer", **common)  # fmt: skip
             scale = ref.result.float().abs().max()
             for tile in tiles:
-                blocks = kernels.Blocks(*tile)
-                run = measure(
-                    lambda b=blocks: kernels.fused_experts(
-                        x, index, weights, experts.gate_up_proj, experts.down_proj, cfg.hidden_activation, b
-                    ),
-                    dev, repeats, warmup=2,
-                )  # fmt: skip
+                blocks, name = kernels.Blocks(*tile), f"moe-layer-{tokens}tok-fused-{'x'.join(map(str, tile))}"
+                try:  # a tile the GPU cannot run (shared memory, registers) must not end the sweep
+                    run = measure(
+                        lambda b=blocks: kernels.fused_experts(
+                            x, index, weights, experts.gate_up_proj, experts.down_proj, cfg.hidden_activation, b
+                        ),
+                        dev, repeats, warmup=2,
+                    )  # fmt: skip
+                except Exception as exc:  # noqa: BLE001
+                    self.add(name, None, _peak(dev), error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+                    continue
                 err = float((run.result.float() - ref.result.float()).abs().max() / scale)
                 self.add(
-                    f"moe-layer-{tokens}tok-fused-{'x'.join(map(str, tile))}", run.seconds, run.peak_gb,
-                    gbps=read / run.seconds / GB, rel_err=err, ok=err < 2e-2, blocks=",".join(map(str, tile)),
+                    name, run.seconds, run.peak_gb, gbps=read / run.seconds / GB, rel_err=err, ok=err < 2e-2,
+                    blocks=",".join(map(str, tile)), speedup=ref.seconds / run.seconds,
                     note="asr.kernels.fused_experts; rel_err = max |fused - grouped_mm| / max |grouped_mm|", **common,
                 )  # fmt: skip
+                best = self._moe_best.get(batch)
+                if err < 2e-2 and (best is None or run.seconds < best[1]):
+                    self._moe_best[batch] = (",".join(map(str, tile)), run.seconds)
 
     def fused_moe(self) -> None:
         """The pipeline with its experts as :mod:`asr.kernels` (what ``ASR_MOE_KERNEL=fused`` loads): agreement with
@@ -731,28 +757,53 @@ class Bench:
         from . import kernels
 
         bb, pipe, wave = self.stack.model.backbone, self.stack.pipeline, self.audio(1)
+        small, large = (self._moe_best.get(b, (None,))[0] for b in (1, 16))  # the moe-layer sweep's best tiles
         ref = pipe.transcribe(wave, steps=8, seed=11)
         kernels.use_fused_experts(bb)
         try:
-            got = pipe.transcribe(wave, steps=8, seed=11)
-            first = (ref.segments[0].steps.argmax[0] == got.segments[0].steps.argmax[0]).mean()
-            same = ref.segments[0].tokens == got.segments[0].tokens
-            self.add("check-fused-moe", None, _peak(self.device), ok=bool(first >= 0.99), steps=8, batch=1,
-                     first_step_argmax_agree=float(first), same_tokens=same,
-                     note="1x30s, seed 11: the first step's argmax canvas of the fused experts against grouped_mm "
-                          "(same noise; rounding differs, so later steps may part)")  # fmt: skip
-            extra = {"experts": kernels.NAME}
-            self.transcribe_case("1x30s-8steps-fusedmoe", 1, 8, note="asr.kernels experts, eager steps", **extra)
-            with graphed_pipeline(pipe):
-                self.transcribe_case("1x30s-8steps-cudagraph-fusedmoe", 1, 8, warmup=max(1, self.s.warmup),
-                                     note="asr.kernels experts; asr.fast CUDA graphs", **extra)  # fmt: skip
-            self._drop_graphs()
+            with _env(ASR_MOE_BLOCKS=small):
+                self._fused_one_window(pipe, wave, ref, small)
             if not self.s.quick:
-                note = "asr.kernels experts; Pipeline batch_size=16"
-                self.transcribe_case("20x30s-8steps-fusedmoe", 20, 8, note=note, **extra)
+                with _env(ASR_MOE_BLOCKS=large):
+                    extra = {"experts": kernels.NAME, "blocks": large or "default"}
+                    note = "asr.kernels experts; Pipeline batch_size=16"
+                    self.transcribe_case("20x30s-8steps-fusedmoe", 20, 8, note=note, **extra)
+                    with graphed_pipeline(pipe):
+                        self.transcribe_case("20x30s-8steps-cudagraph-fusedmoe", 20, 8, warmup=1,
+                                             note="asr.kernels experts; asr.fast CUDA graphs", **extra)  # fmt: skip
+                    self._drop_graphs()
         finally:
             kernels.use_fused_experts(bb, on=False)
             self._drop_graphs()
+
+    def _fused_one_window(self, pipe: Pipeline, wave: np.ndarray, ref: Any, blocks: str | None) -> None:
+        """fused_moe's agreement check, eager decoder steps (with a kernel profile) and 1-window cases; the experts
+        are already :mod:`asr.kernels`, with ``blocks`` (``ASR_MOE_BLOCKS``; None: ``default_blocks``)."""
+        from . import kernels
+
+        got = pipe.transcribe(wave, steps=8, seed=11)
+        first = (ref.segments[0].steps.argmax[0] == got.segments[0].steps.argmax[0]).mean()
+        same = ref.segments[0].tokens == got.segments[0].tokens
+        self.add("check-fused-moe", None, _peak(self.device), ok=bool(first >= 0.99), steps=8, batch=1,
+                 first_step_argmax_agree=float(first), same_tokens=same, blocks=blocks or "default",
+                 note="1x30s, seed 11: the first step's argmax canvas of the fused experts against grouped_mm "
+                      "(same noise; rounding differs, so later steps may part)")  # fmt: skip
+        extra = {"experts": kernels.NAME, "blocks": blocks or "default"}
+        model = self.stack.model
+        with torch.inference_mode():
+            embeds = model.prompt_embeddings(model.embed_audio(pipe.features([wave]).to(self.device)))
+            for batch in (1, 16):
+                self._decoder_step(embeds, batch, suffix="-fusedmoe", **extra)
+            if self.out is not None:
+                self._profile_step(embeds, path=self.out / PROFILE_FILE.replace(".txt", "-fusedmoe.txt"))
+        self.transcribe_case("1x30s-8steps-fusedmoe", 1, 8, note="asr.kernels experts, eager steps", **extra)
+        with graphed_pipeline(pipe):
+            self.transcribe_case("1x30s-8steps-cudagraph-fusedmoe", 1, 8, warmup=max(1, self.s.warmup),
+                                 note="asr.kernels experts; asr.fast CUDA graphs", **extra)  # fmt: skip
+            note = "record_steps=False; asr.kernels experts; asr.fast CUDA graphs"
+            self.transcribe_case("1x30s-8steps-norecord-cudagraph-fusedmoe", 1, 8, record_steps=False,
+                                 warmup=max(1, self.s.warmup), note=note, **extra)  # fmt: skip
+        self._drop_graphs()
 
     def check_deterministic(self) -> None:
         wave = self.audio(1)
