@@ -58,10 +58,14 @@ class Blocks:
 def default_blocks(pairs: int, experts: int) -> Blocks:
     """Tiles for ``pairs`` routed rows over ``experts``: blocks of 32 rows while an expert's share is small (at
     ~12 rows per expert nearly every expert fits one block, so its weights are read once; the step is bound by
-    those reads, not by the wasted rows), 64 above. ``ASR_MOE_BLOCKS`` overrides (the benchmark sweeps it)."""
+    those reads, not by the wasted rows), else 64 x 128 tiles with 8 warps. These were the fastest of the tiles the
+    benchmark's ``moe-layer`` sweep tried on an H200 (bench/RESULTS.md, 2026-11-28) at batch 1 and at batch 16.
+    ``ASR_MOE_BLOCKS`` overrides."""
     if os.environ.get("ASR_MOE_BLOCKS"):
         return Blocks.parse(os.environ["ASR_MOE_BLOCKS"])
-    return Blocks(block_m=32 if pairs / max(1, experts) <= 24 else 64)
+    if pairs / max(1, experts) <= 24:
+        return Blocks(block_m=32, block_n=64, block_k=128, num_warps=4, num_stages=3)
+    return Blocks(block_m=64, block_n=128, block_k=64, num_warps=8, num_stages=4)
 
 
 @dataclass
@@ -215,6 +219,75 @@ def fused_experts(
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **launch,
     )  # fmt: skip
     return out.view(tokens, top_k, hidden).sum(dim=1).to(hidden_states.dtype)
+
+
+# --- RMSNorm -------------------------------------------------------------------------------------------------------
+# A decoder layer has 11 RMSNorms (4 around attention and the MLP, q/k/v norms, 3 around the experts, the router's),
+# each ~9 elementwise kernels in eager PyTorch (upcast, pow, mean, add, pow, mul, weight upcast, mul, downcast): about
+# a third of a graphed decoder step's ~5000 kernels (bench/decoder-step profiles). One kernel per norm here.
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr, w_ptr, out_ptr, n_rows, n_cols, stride_x, stride_out, eps,
+    HAS_WEIGHT: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """out[r] = x[r] / sqrt(mean(x[r]^2) + eps) (* w) for ``ROWS`` rows, in float32 as transformers' RMSNorm."""
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    mean_squared = tl.sum(x * x, axis=1) / n_cols + eps
+    y = x * tl.rsqrt(mean_squared)[:, None]
+    if HAS_WEIGHT:
+        y = y * tl.load(w_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + rows[:, None] * stride_out + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dimension of ``x`` (any leading shape), with an optional ``weight``; output in ``x``'s
+    dtype. Equals ``DiffusionGemmaRMSNorm`` up to float32 rounding (the sum of squares is reduced in another order).
+    Each program normalises as many rows as fill a 4096-element tile (1 row of the hidden size, 16 of a head)."""
+    shape, cols = x.shape, x.shape[-1]
+    rows = x.reshape(-1, cols)
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    out = torch.empty(rows.shape, device=x.device, dtype=x.dtype)
+    block = triton.next_power_of_2(cols)
+    per_program = max(1, min(64, 4096 // block))
+    _rms_norm_kernel[(triton.cdiv(rows.shape[0], per_program),)](
+        rows, weight if weight is not None else rows, out, rows.shape[0], cols, rows.stride(0), out.stride(0), eps,
+        HAS_WEIGHT=weight is not None, ROWS=per_program, BLOCK=block,
+        num_warps=min(16, max(1, per_program * block // 256)),
+    )  # fmt: skip
+    return out.view(shape)
+
+
+def _norm_forward(module: torch.nn.Module, original):
+    def forward(hidden_states: torch.Tensor) -> torch.Tensor:
+        weight = module.weight if module.with_scale else None
+        if torch.is_grad_enabled() and (hidden_states.requires_grad or (weight is not None and weight.requires_grad)):
+            return original(hidden_states)  # training: the kernel has no backward
+        return rms_norm(hidden_states, weight, module.eps)
+
+    return forward
+
+
+def use_fused_norms(model: torch.nn.Module, on: bool = True) -> int:
+    """Run every ``DiffusionGemmaRMSNorm`` of ``model`` as :func:`rms_norm` (``on``) or as transformers' module again;
+    returns the number of norms switched."""
+    from transformers.models.diffusion_gemma.modeling_diffusion_gemma import DiffusionGemmaRMSNorm
+
+    norms = [m for m in model.modules() if isinstance(m, DiffusionGemmaRMSNorm)]
+    for m in norms:
+        if on:
+            m.forward = _norm_forward(m, type(m).forward.__get__(m))
+        else:
+            m.__dict__.pop("forward", None)
+    return len(norms)
+
+
+# --- switching a model over ------------------------------------------------------------------------------------------
 
 
 def supports(experts: torch.nn.Module) -> bool:

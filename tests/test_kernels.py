@@ -110,20 +110,77 @@ def test_use_fused_experts_in_the_real_backbone_class(monkeypatch):
     assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4), (got - ref).abs().max()
 
 
-def test_bench_fused_moe_cases_on_the_tiny_stack():
-    """The GPU benchmark's cases for the kernels run (here in the interpreter) and leave grouped_mm in place."""
+def test_bench_fused_cases_on_the_tiny_stack():
+    """The GPU benchmark's cases for the kernels run (here in the interpreter), pass their agreement check and leave
+    transformers' experts and norms in place."""
     from asr import bench as B
 
-    stack = B.build_stack("tiny", "cpu")
+    stack = B.build_stack("tiny", "cpu", canvas_length=32)  # the interpreter runs each program in Python: keep it short
     settings = B.Settings(repeats=1, multi_repeats=1, warmup=0, budget_s=None, static_compile_s=0.0, check=True,
                           quick=True)  # fmt: skip
     bench = B.Bench(stack, settings, None)
     bench._moe_layer_at(1, [(16, 32, 64, 4, 3)])
-    bench.fused_moe()
+    bench.fused()
+    bench.profile_batch(segments=1)
     records = {r["case"]: r for r in bench.records}
-    assert records["moe-layer-192tok-fused-16x32x64x4x3"]["ok"]
-    assert records["moe-layer-192tok-grouped_mm"]["seconds"] > 0
-    assert records["check-fused-moe"]["ok"] and records["check-fused-moe"]["first_step_argmax_agree"] >= 0.99
-    for case in ("1x30s-8steps-fusedmoe", "1x30s-8steps-cudagraph-fusedmoe"):
-        assert records[case]["experts"] == K.NAME and records[case]["seconds"] > 0
-    assert stack.model.backbone.config.text_config._experts_implementation != K.NAME
+    assert records["moe-layer-32tok-fused-16x32x64x4x3"]["ok"]
+    assert records["moe-layer-32tok-grouped_mm"]["seconds"] > 0
+    check = records["check-fused"]
+    assert check["ok"] and check["first_step_argmax_agree"] >= 0.99 and check["eager_experts_agree"] >= 0.99
+    assert check["blocks"] == "16,32,64,4,3"  # the sweep's best tile reaches the pipeline cases
+    for case in ("decoder-step-fused", "1x30s-8steps-fused", "1x30s-8steps-cudagraph-fused"):
+        assert records[case]["kernels"] == "fused" and records[case]["seconds"] > 0
+    assert records["profile-1x"]["seconds"] > 0
+    bb = stack.model.backbone
+    assert bb.config.text_config._experts_implementation != K.NAME
+    assert all("forward" not in m.__dict__ for m in bb.modules())
+
+
+@pytest.mark.parametrize("shape, with_scale", [((2, 5, 80), True), ((3, 7, 4, 48), True), ((6, 48), False)])
+def test_rms_norm_matches_transformers_rms_norm(shape, with_scale):
+    """rms_norm against DiffusionGemmaRMSNorm itself: a width that is no power of two, 2-4-D inputs, with and
+    without a weight, float16 in and out (the interpreter cannot do bfloat16) and float32."""
+    from transformers.models.diffusion_gemma.modeling_diffusion_gemma import DiffusionGemmaRMSNorm
+
+    gen = torch.Generator().manual_seed(len(shape))
+    norm = DiffusionGemmaRMSNorm(shape[-1], eps=1e-6, with_scale=with_scale)
+    if with_scale:
+        with torch.no_grad():
+            norm.weight.copy_(torch.randn(shape[-1], generator=gen))
+    x = torch.randn(shape, generator=gen) * 3
+    with torch.no_grad():
+        for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 2e-3)):
+            ref = norm(x.to(dtype))
+            got = K.rms_norm(x.to(dtype), norm.weight if with_scale else None, norm.eps)
+            assert got.dtype == dtype and got.shape == x.shape
+            assert torch.allclose(got.float(), ref.float(), atol=tol, rtol=tol), (got.float() - ref.float()).abs().max()
+    strided = x.transpose(0, -2) if x.dim() > 2 else x[:, ::2]  # a view whose rows are not contiguous
+    with torch.no_grad():
+        assert torch.allclose(K.rms_norm(strided, norm.weight if with_scale else None, 1e-6), norm(strided), atol=1e-5)
+
+
+def test_use_fused_norms_in_the_real_backbone_class():
+    """Every RMSNorm of the real class runs the kernel (a decoder pass gives transformers' logits), switching back
+    restores the modules' own forward, and with gradients on the norms fall back to transformers (no backward)."""
+    torch.manual_seed(0)
+    from asr.model import tiny_backbone_config
+
+    bb = DiffusionGemmaForBlockDiffusion(tiny_backbone_config()).eval()
+    ids = torch.randint(3, 500, (2, 12))
+    calls = []
+    real = K.rms_norm
+    with torch.no_grad():
+        ref = bb.model.encoder(input_ids=ids).last_hidden_state
+        switched = K.use_fused_norms(bb)
+        K.rms_norm = lambda *a: calls.append(1) or real(*a)
+        try:
+            got = bb.model.encoder(input_ids=ids).last_hidden_state
+        finally:
+            K.rms_norm = real
+    assert switched >= 11 * bb.config.text_config.num_hidden_layers and calls
+    assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4), (got - ref).abs().max()
+    out = bb.model.encoder(input_ids=ids).last_hidden_state  # gradients on: transformers' forward, differentiable
+    out.sum().backward()
+    assert any(p.grad is not None for n, p in bb.named_parameters() if "layernorm" in n)
+    assert K.use_fused_norms(bb, on=False) == switched
+    assert all("forward" not in m.__dict__ for m in bb.modules())
