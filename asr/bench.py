@@ -278,7 +278,7 @@ def build_stack(size: str, device: str, canvas_length: int = CANVAS) -> Stack:
     one on ``device``."""
     from transformers import WhisperFeatureExtractor
 
-    from .loading import build_tiny
+    from .loading import build_tiny, use_kernels
 
     sync(device)
     t = time.perf_counter()
@@ -286,13 +286,13 @@ def build_stack(size: str, device: str, canvas_length: int = CANVAS) -> Stack:
         speech, _, features = build_tiny(seed=0, canvas_length=canvas_length)
         speech = speech.to(device).eval()
         prompt = speech.prompt
-        info: dict[str, Any] = {"dtype": "float32"}
+        info: dict[str, Any] = {"dtype": "float32", "kernels": use_kernels(speech.backbone, device)}
     else:
         whisper, projector, backbone = build_real_parts(device)
+        info = {"dtype": "bfloat16", "kernels": use_kernels(backbone, device)}  # as asr.load does
         prompt = M.PromptFormat(prefix=REAL_PREFIX, suffix=REAL_SUFFIX, eos_ids=REAL_EOS, pad_id=0)
         speech = M.SpeechModel(whisper, projector, backbone, prompt).eval()
         features = WhisperFeatureExtractor(feature_size=80)
-        info = {"dtype": "bfloat16"}
     sync(device)
     seconds = time.perf_counter() - t
     tokenizer = StandInTokenizer([prompt.pad_id, *prompt.eos_ids, *prompt.prefix[:1]])
@@ -450,6 +450,7 @@ class Bench:
             "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "size": stack.size,
             "dtype": stack.info.get("dtype"),
+            "kernels": stack.info.get("kernels"),  # asr.loading.use_kernels: what the cases without a suffix ran
             "canvas": stack.model.canvas_length,
             "commit": os.environ.get("BENCH_COMMIT") or git_commit(),  # the device machine's .git can be stale
             "torch": torch.__version__,
@@ -569,12 +570,14 @@ class Bench:
         if not self.s.quick:
             self.case("20x30s-8steps-cudagraph", lambda: self.graph_case(20))
         self._drop_graphs()
-        if dev.startswith("cuda"):  # asr.kernels (ASR_KERNELS=fused): the experts alone, then the pipeline
+        if dev.startswith("cuda"):  # asr.kernels (on by default on CUDA): the experts alone, then the variants
             self.case("moe-layer", self.moe_layer)
-            self.case("fused", self.fused)
+            self.case("unfused", lambda: self.variant(norms=False, experts=False))  # what ASR_KERNELS=off runs
             self.case("profile-16x", self.profile_batch)
-            self.case("fused-norms", lambda: self.fused(experts=False))
-            self.case("fused-moe", lambda: self.fused(norms=False))
+            for name, norms, experts in (("fused", True, True), ("fused-norms", True, False),
+                                         ("fused-moe", False, True)):  # fmt: skip
+                if self.s.only and name in self.s.only:  # attribution runs only, by name: fused is the default
+                    self.case(name, lambda n=norms, e=experts: self.variant(norms=n, experts=e))
         self.case("baseline-generate-eager-8steps", self.generate_eager)
         self.case("baseline-whisper-small-ar-100tok", self.whisper_ar)
         compile_s = self.s.static_compile_s if dev.startswith("cuda") else 0.0
@@ -755,71 +758,63 @@ class Bench:
                 if err < 2e-2 and (best is None or run.seconds < best[1]):
                     self._moe_best[batch] = (",".join(map(str, tile)), run.seconds)
 
-    def fused(self, norms: bool = True, experts: bool = True) -> None:
-        """The pipeline with :mod:`asr.kernels` (``ASR_KERNELS=fused`` loads both): its RMSNorms and/or MoE experts
-        as the Triton kernels. First the agreement check against the default path for one seed, then eager decoder
-        steps (with a kernel profile), the 1- and 4-window graphed cases and the 20-window cases. Tiles: the
-        moe-layer sweep's best of this run where it ran, else ``kernels.default_blocks``."""
+    @contextlib.contextmanager
+    def kernels(self, norms: bool, experts: bool) -> Iterator[str]:
+        """The backbone's RMSNorms and experts as :mod:`asr.kernels` (each True) or transformers' for the duration,
+        then the stack's default again (``asr.loading.use_kernels``: fused on CUDA); yields the variant's name."""
         from . import kernels
 
-        bb, pipe, wave = self.stack.model.backbone, self.stack.pipeline, self.audio(1)
-        suffix = "-fused" if norms and experts else "-fusedmoe" if experts else "-fusednorms"
-        small, large = (self._moe_best.get(b, (None,))[0] for b in (1, 16))
-        self._check_fused(suffix, norms, experts, small)
-        extra = {"kernels": suffix[1:]}
+        bb = self.stack.model.backbone
         try:
-            if experts:
-                kernels.use_fused_experts(bb)
-            if norms:
-                kernels.use_fused_norms(bb)
+            yield kernels.use_fused(bb, norms=norms, experts=experts)
+        finally:
+            default = self.stack.info.get("kernels") == "fused"
+            kernels.use_fused(bb, norms=default, experts=default)
+            self._drop_graphs()
+
+    def variant(self, norms: bool = True, experts: bool = True) -> None:
+        """The pipeline with its RMSNorms and/or MoE experts as :mod:`asr.kernels` or as transformers' (both False:
+        ``-unfused``, what ``ASR_KERNELS=off`` runs): an agreement check against transformers' path for one seed
+        (when a kernel is on), eager decoder steps with a kernel profile, the 1- and 4-window graphed cases and the
+        20-window cases. Tiles: the moe-layer sweep's best of this run where it ran, else
+        ``kernels.default_blocks``."""
+        pipe, wave = self.stack.pipeline, self.audio(1)
+        small, large = (self._moe_best.get(b, (None,))[0] for b in (1, 16))
+        if norms or experts:
+            self._check_kernels(norms, experts, small)
+        with self.kernels(norms, experts) as name:
+            suffix = "-unfused" if name == "transformers" else f"-{name}"
+            extra = {"kernels": name}
             with _env(ASR_MOE_BLOCKS=small):
                 self._fused_one_window(pipe, wave, suffix, {**extra, "blocks": small or "default"})
             if not self.s.quick:
                 with _env(ASR_MOE_BLOCKS=large):
                     extra["blocks"] = large or "default"
-                    self.transcribe_case(f"20x30s-8steps{suffix}", 20, 8, note=f"asr.kernels ({suffix[1:]}); "
+                    self.transcribe_case(f"20x30s-8steps{suffix}", 20, 8, note=f"kernels: {name}; "
                                          "Pipeline batch_size=16", **extra)  # fmt: skip
-                    note = f"asr.kernels ({suffix[1:]}); asr.fast CUDA graphs"
+                    note = f"kernels: {name}; asr.fast CUDA graphs"
                     with graphed_pipeline(pipe):
                         self.transcribe_case(f"20x30s-8steps-cudagraph{suffix}", 20, 8, warmup=1, note=note, **extra)
-                    self._drop_graphs()
-        finally:
-            kernels.use_fused_experts(bb, on=False)
-            kernels.use_fused_norms(bb, on=False)
-            self._drop_graphs()
 
-    def _check_fused(self, suffix: str, norms: bool, experts: bool, blocks: str | None) -> None:
-        """The first denoising step's argmax canvas (1x30s, seed 11, same noise) with the kernels against the default
-        path's, beside the same agreement of transformers' own ``eager`` experts loop with ``grouped_mm``: on random
-        weights the logits are nearly flat, so float rounding alone flips a few argmaxes, and that spread is the bar.
-        ok: the kernels agree at least as well as eager does, less 2 points (or >= 99 %)."""
-        from . import kernels
-
+    def _check_kernels(self, norms: bool, experts: bool, blocks: str | None) -> None:
+        """The first denoising step's argmax canvas (1x30s, seed 11, same noise) with the kernels against
+        transformers' path, beside the same agreement of transformers' own ``eager`` experts loop with
+        ``grouped_mm``: on random weights the logits are nearly flat, so float rounding alone flips a few argmaxes,
+        and that spread is the bar. ok: the kernels agree at least as well as eager does, less 2 points (or >= 99 %)."""
         bb, pipe, wave = self.stack.model.backbone, self.stack.pipeline, self.audio(1)
 
         def first_argmax():
             return pipe.transcribe(wave, steps=2, seed=11).segments[0].steps.argmax[0]
 
-        ref = first_argmax()
-        before = bb.config.text_config._experts_implementation
-        bb.set_experts_implementation("eager")
-        try:
+        with self.kernels(False, False):
+            ref = first_argmax()
+            bb.set_experts_implementation("eager")
             spread = float((first_argmax() == ref).mean())
-        finally:
-            bb.set_experts_implementation(before)
-        try:
-            if experts:
-                kernels.use_fused_experts(bb)
-            if norms:
-                kernels.use_fused_norms(bb)
-            with _env(ASR_MOE_BLOCKS=blocks):
-                agree = float((first_argmax() == ref).mean())
-        finally:
-            kernels.use_fused_experts(bb, on=False)
-            kernels.use_fused_norms(bb, on=False)
-        self.add(f"check{suffix}", None, _peak(self.device), ok=agree >= min(0.99, spread - 0.02), steps=2, batch=1,
+        with self.kernels(norms, experts) as name, _env(ASR_MOE_BLOCKS=blocks):
+            agree = float((first_argmax() == ref).mean())
+        self.add(f"check-{name}", None, _peak(self.device), ok=agree >= min(0.99, spread - 0.02), steps=2, batch=1,
                  first_step_argmax_agree=agree, eager_experts_agree=spread, blocks=blocks or "default",
-                 note=f"1x30s, seed 11: first step's argmax canvas, asr.kernels ({suffix[1:]}) vs the default path "
+                 note=f"1x30s, seed 11: first step's argmax canvas, asr.kernels ({name}) vs transformers' path "
                       f"agree {agree:.1%}; transformers' eager experts vs grouped_mm {spread:.1%}")  # fmt: skip
 
     def _fused_one_window(self, pipe: Pipeline, wave: np.ndarray, suffix: str, extra: dict[str, Any]) -> None:
@@ -831,7 +826,7 @@ class Bench:
                 self._decoder_step(embeds, batch, suffix=suffix, **extra)
             if self.out is not None:
                 self._profile_step(embeds, path=self.out / PROFILE_FILE.replace(".txt", f"{suffix}.txt"))
-        what = f"asr.kernels ({suffix[1:]})"
+        what = f"kernels: {extra['kernels']}"
         self.transcribe_case(f"1x30s-8steps{suffix}", 1, 8, note=f"{what}, eager steps", **extra)
         with graphed_pipeline(pipe):
             warm = max(1, self.s.warmup)
@@ -845,31 +840,24 @@ class Bench:
         self._drop_graphs()
 
     def profile_batch(self, segments: int = 16) -> None:
-        """Operator table of one eager ``Pipeline.transcribe`` of ``segments`` windows (one batch, 8 steps) with the
-        :mod:`asr.kernels` on, into ``OUT/transcribe-16x-profile.txt``: how the full-vocabulary work of sampling
+        """Operator table of one eager ``Pipeline.transcribe`` of ``segments`` windows (one batch, 8 steps, the stack's
+        default kernels), into ``OUT/transcribe-16x-profile.txt``: how the full-vocabulary work of sampling
         (softmax, multinomial, entropies over batch x canvas x 262144) weighs against the decoder at a large batch."""
-        from . import kernels
         from .train import start_profiler, write_profile
 
-        bb, pipe, wave = self.stack.model.backbone, self.stack.pipeline, self.audio(segments)
-        kernels.use_fused_experts(bb)
-        kernels.use_fused_norms(bb)
-        try:
-            pipe.transcribe(wave, steps=8, seed=0)  # warm-up (Triton compiles)
-            sync(self.device)
-            profiler = start_profiler(self.device)
-            t = time.perf_counter()
-            pipe.transcribe(wave, steps=8, seed=0)
-            sync(self.device)
-            seconds = time.perf_counter() - t
-            if self.out is not None:
-                what = f"one eager transcribe of {segments}x30 s, 8 steps, asr.kernels on"
-                write_profile(profiler, self.out / f"transcribe-{segments}x-profile.txt", self.device, what)
-            else:
-                profiler.stop()
-        finally:
-            kernels.use_fused_experts(bb, on=False)
-            kernels.use_fused_norms(bb, on=False)
+        pipe, wave, kernels = self.stack.pipeline, self.audio(segments), self.stack.info.get("kernels")
+        pipe.transcribe(wave, steps=8, seed=0)  # warm-up (Triton compiles)
+        sync(self.device)
+        profiler = start_profiler(self.device)
+        t = time.perf_counter()
+        pipe.transcribe(wave, steps=8, seed=0)
+        sync(self.device)
+        seconds = time.perf_counter() - t
+        if self.out is not None:
+            what = f"one eager transcribe of {segments}x30 s, 8 steps, kernels: {kernels}"
+            write_profile(profiler, self.out / f"transcribe-{segments}x-profile.txt", self.device, what)
+        else:
+            profiler.stop()
         self.add(f"profile-{segments}x", seconds, _peak(self.device), steps=8, batch=segments, segments=segments,
                  note="under the profiler (slower than unprofiled): see the profile file")  # fmt: skip
 

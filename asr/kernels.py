@@ -29,6 +29,8 @@ in bfloat16.
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +39,24 @@ import triton.language as tl
 
 NAME = "asr_fused"  # the name registered in transformers' ExpertsInterface
 ACTIVATIONS = {"gelu_pytorch_tanh": 0, "gelu_new": 0, "silu": 1}  # config.hidden_activation -> kernel code
+FAILED: dict[str, str] = {}  # kernel family ("experts", "norms") -> the error that turned it off in this process
+
+
+def _guarded(family: str, fused: Callable[[], torch.Tensor], fallback: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``fused()``, or transformers' ``fallback()`` from the first time a kernel of ``family`` fails (Triton cannot
+    compile or launch on this machine, say) on: one warning, and the request and the later ones still run."""
+    if family not in FAILED:
+        try:
+            return fused()
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any compile/launch failure; the fallback is exact
+            FAILED[family] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            warnings.warn(
+                f"asr.kernels: the fused {family} kernel failed ({FAILED[family]}); using transformers' "
+                "implementation from now on", RuntimeWarning, stacklevel=3,
+            )  # fmt: skip
+    return fallback()
 
 
 @dataclass(frozen=True)
@@ -268,7 +288,7 @@ def _norm_forward(module: torch.nn.Module, original):
         weight = module.weight if module.with_scale else None
         if torch.is_grad_enabled() and (hidden_states.requires_grad or (weight is not None and weight.requires_grad)):
             return original(hidden_states)  # training: the kernel has no backward
-        return rms_norm(hidden_states, weight, module.eps)
+        return _guarded("norms", lambda: rms_norm(hidden_states, weight, module.eps), lambda: original(hidden_states))
 
     return forward
 
@@ -309,11 +329,17 @@ def experts_forward(
     """transformers' experts-implementation signature; a layout the kernels do not cover uses ``grouped_mm``."""
     from transformers.integrations.moe import grouped_mm_experts_forward
 
-    if not supports(self):
+    def fallback():
         return grouped_mm_experts_forward(self, hidden_states, top_k_index, top_k_weights)
-    return fused_experts(
-        hidden_states, top_k_index, top_k_weights, self.gate_up_proj, self.down_proj, self.config.hidden_activation
-    )
+
+    if not supports(self):
+        return fallback()
+    return _guarded(
+        "experts",
+        lambda: fused_experts(hidden_states, top_k_index, top_k_weights, self.gate_up_proj, self.down_proj,
+                              self.config.hidden_activation),
+        fallback,
+    )  # fmt: skip
 
 
 def use_fused_experts(model: torch.nn.Module, on: bool = True) -> str:
@@ -324,3 +350,13 @@ def use_fused_experts(model: torch.nn.Module, on: bool = True) -> str:
     name = NAME if on else "grouped_mm"
     model.set_experts_implementation(name)
     return name
+
+
+def use_fused(model: torch.nn.Module, norms: bool = True, experts: bool = True) -> str:
+    """Switch ``model``'s RMSNorms and MoE experts to these kernels (each ``True``) or back to transformers' own;
+    returns what now runs: ``"fused"``, ``"fusednorms"``, ``"fusedmoe"`` or ``"transformers"``."""
+    use_fused_norms(model, on=norms)
+    use_fused_experts(model, on=experts)
+    return {(True, True): "fused", (True, False): "fusednorms", (False, True): "fusedmoe"}.get(
+        (norms, experts), "transformers"
+    )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import warnings
 from pathlib import Path
 
 import torch
@@ -82,13 +83,26 @@ def load(
             if "tiny-random" in (model, backbone):
                 label += " (random weights: output is noise, for tests only)"
             speech = _to(speech, device, dtype).eval()
-            if device.startswith("cuda") and os.environ.get("ASR_MOE_KERNEL") == "fused":
-                from .kernels import use_fused_experts  # needs triton, which CUDA builds of torch bring
-
-                use_fused_experts(speech.backbone)
+            use_kernels(speech.backbone, device)
             bf16 = small and device == "cpu" and dtype == torch.float32 and cpu_bf16_default()
             _cache[key] = Pipeline(speech, tokenizer, features, name=label, device=device, cpu_bf16=bf16)
         return _cache[key]
+
+
+def use_kernels(backbone: torch.nn.Module, device: str) -> str:
+    """On CUDA, run the backbone's RMSNorms and MoE experts as :mod:`asr.kernels`' Triton kernels (the benchmark's
+    ``-fused`` cases on an H200: one window 0.360 -> 0.254 s, 20 windows 2.76 -> 2.46 s; bench/RESULTS.md; they round
+    differently, as transformers' own experts implementations differ among themselves); ``ASR_KERNELS=off`` keeps
+    transformers' own. Returns what runs (``"fused"`` or ``"transformers"``). Without triton: transformers', with a
+    warning. A kernel that fails at run time falls back by itself (``asr.kernels.FAILED``)."""
+    if not str(device).startswith("cuda") or os.environ.get("ASR_KERNELS", "fused").lower() in ("off", "0", "none"):
+        return "transformers"
+    try:
+        from .kernels import use_fused  # needs triton, which CUDA builds of torch bring
+    except ImportError as exc:
+        warnings.warn(f"asr.kernels unavailable ({exc}); the backbone runs transformers' kernels", stacklevel=2)
+        return "transformers"
+    return use_fused(backbone)
 
 
 def small_model_folder(model: str) -> Path | None:

@@ -119,8 +119,9 @@ def test_bench_fused_cases_on_the_tiny_stack():
     settings = B.Settings(repeats=1, multi_repeats=1, warmup=0, budget_s=None, static_compile_s=0.0, check=True,
                           quick=True)  # fmt: skip
     bench = B.Bench(stack, settings, None)
+    assert stack.info["kernels"] == "transformers"  # the CPU default (asr.loading.use_kernels)
     bench._moe_layer_at(1, [(16, 32, 64, 4, 3)])
-    bench.fused()
+    bench.variant(norms=True, experts=True)
     bench.profile_batch(segments=1)
     records = {r["case"]: r for r in bench.records}
     assert records["moe-layer-32tok-fused-16x32x64x4x3"]["ok"]
@@ -128,7 +129,7 @@ def test_bench_fused_cases_on_the_tiny_stack():
     check = records["check-fused"]
     assert check["ok"] and check["first_step_argmax_agree"] >= 0.99 and check["eager_experts_agree"] >= 0.99
     assert check["blocks"] == "16,32,64,4,3"  # the sweep's best tile reaches the pipeline cases
-    for case in ("decoder-step-fused", "1x30s-8steps-fused", "1x30s-8steps-cudagraph-fused"):
+    for case in ("decoder-step-fused", "1x30s-8steps-fused", "1x30s-8steps-cudagraph-fused"):  # kernels: records
         assert records[case]["kernels"] == "fused" and records[case]["seconds"] > 0
     assert records["profile-1x"]["seconds"] > 0
     bb = stack.model.backbone
@@ -184,3 +185,46 @@ def test_use_fused_norms_in_the_real_backbone_class():
     assert any(p.grad is not None for n, p in bb.named_parameters() if "layernorm" in n)
     assert K.use_fused_norms(bb, on=False) == switched
     assert all("forward" not in m.__dict__ for m in bb.modules())
+
+
+def test_use_kernels_default_and_switch_off(monkeypatch):
+    """asr.load's choice: the kernels on CUDA unless ASR_KERNELS=off, never on the CPU. (The device string is only
+    read: the tiny model stays on the CPU, where the interpreter runs the kernels.)"""
+    from asr.loading import use_kernels
+
+    bb = DiffusionGemmaForBlockDiffusion(tiny_backbone_config()).eval()
+    assert use_kernels(bb, "cpu") == "transformers"
+    assert bb.config.text_config._experts_implementation != K.NAME
+    monkeypatch.setenv("ASR_KERNELS", "off")
+    assert use_kernels(bb, "cuda") == "transformers"
+    assert all("forward" not in m.__dict__ for m in bb.modules())
+    monkeypatch.delenv("ASR_KERNELS")
+    assert use_kernels(bb, "cuda") == "fused"
+    assert bb.config.text_config._experts_implementation == K.NAME
+    assert any("forward" in m.__dict__ for m in bb.modules())
+    assert K.use_fused(bb, norms=False, experts=False) == "transformers"
+
+
+def test_a_failing_kernel_falls_back_to_transformers_once(monkeypatch):
+    """A kernel that cannot run (here: raises) gives transformers' result with one warning, and is not tried again."""
+    torch.manual_seed(0)
+    bb = DiffusionGemmaForBlockDiffusion(tiny_backbone_config()).eval()
+    ids = torch.randint(3, 500, (2, 12))
+    monkeypatch.setattr(K, "FAILED", {})
+    tries = []
+
+    def broken(*args, **kwargs):
+        tries.append(1)
+        raise RuntimeError("no GPU compiler here")
+
+    with torch.no_grad():
+        ref = bb.model.encoder(input_ids=ids).last_hidden_state
+        K.use_fused(bb)
+        monkeypatch.setattr(K, "fused_experts", broken)
+        monkeypatch.setattr(K, "rms_norm", broken)
+        with pytest.warns(RuntimeWarning, match="fused (experts|norms) kernel failed") as warned:
+            got = bb.model.encoder(input_ids=ids).last_hidden_state
+        again = bb.model.encoder(input_ids=ids).last_hidden_state
+        K.use_fused(bb, norms=False, experts=False)
+    assert set(K.FAILED) == {"experts", "norms"} and len(tries) == 2 and len(warned) == 2  # one per kernel family
+    assert torch.equal(got, ref) and torch.equal(again, ref)
