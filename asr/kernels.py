@@ -1,11 +1,14 @@
-"""The backbone's MoE experts as two fused Triton kernels, for the GPU path (opt-in: ``ASR_MOE_KERNEL=fused``).
+"""The backbone's RMSNorms and MoE experts as Triton kernels, for the GPU path (``asr.load`` switches them on for
+CUDA; ``ASR_KERNELS=off`` keeps transformers' own).
 
 Why: a decoder step over a 192-token canvas routes 192 x 8 (token, expert) pairs, ~12 rows for each of the 128
-experts, so every layer reads all its expert weights (1.52 GB; ~46 GB of a step's ~52 GB) to multiply a dozen rows.
-transformers' default ``grouped_mm`` experts ran at about a quarter of the H200's memory bandwidth there (bench/
-RESULTS.md: ~40 ms per graphed step against a ~10 ms weight-read floor).
+experts, so every layer reads all its expert weights (1.52 GB; ~46 GB of a step's ~52 GB) to multiply a dozen rows,
+and transformers' ``grouped_mm`` experts read them at ~2.8 TB/s on an H200; and each of a layer's 11 RMSNorms is ~9
+eager elementwise kernels, about a third of a step's ~5000 kernels. Measured on an H200 (bench/README.md,
+2026-11-28): the experts kernels read at ~4.0 TB/s, a step's GPU time fell from 33.6 to 21.7 ms, and one 30 s window
+at 8 steps from 0.360 to 0.250 s on the graphed path.
 
-How (the layout of vLLM's ``fused_moe``, written here from scratch in plain PyTorch + Triton):
+Experts (the layout of vLLM's ``fused_moe``, written here from scratch in plain PyTorch + Triton):
 
 1. :func:`route` sorts the pairs by expert and cuts each expert's rows into blocks of ``block_m`` rows. Everything
    has a fixed size (at most ``ceil(pairs / block_m) + experts`` blocks; unused blocks are marked -1), so the step
@@ -16,10 +19,13 @@ How (the layout of vLLM's ``fused_moe``, written here from scratch in plain PyTo
 3. ``_down_kernel``: the down projection of those rows, scaled by the routing weight, written to the pair's own row.
 4. The ``top_k`` rows of each token are summed in float32 (deterministic, no atomics), as transformers does.
 
-Each weight tile is read by one program and used for all the rows of its block. Results equal transformers'
-experts up to float rounding (the gate/up products and the activation stay in float32 here); the pipeline's tokens
-may therefore differ from the ``grouped_mm`` path's for the same seed, which is why it is opt-in until a GPU run
-has measured both (``python -m asr.bench``: ``check-fused-moe`` and the ``-fusedmoe`` cases).
+RMSNorm: :func:`rms_norm`, one program per row (or per several short rows), in float32 as transformers computes it.
+
+Results equal transformers' up to float rounding (the gate/up products and the activation stay in float32 here; the
+norms reduce in another order), so the pipeline's tokens may differ from transformers' path for the same seed; the
+benchmark's ``check-fused`` compares the first step's argmax canvas with transformers' path, against the same
+agreement between transformers' own ``eager`` and ``grouped_mm`` experts. A kernel that fails to compile or launch
+turns itself off for the process with one warning (:data:`FAILED`); the call then runs transformers' code.
 
 Importing this module needs ``triton`` (bundled with CUDA builds of torch). Tests run the kernels on the CPU in
 Triton's interpreter (``TRITON_INTERPRET=1``, set before the import), in float16: the interpreter does not compute
