@@ -25,6 +25,8 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
 
 from .transcript import StepTrace
 
+STARTS = ("noise", "ctc")
+
 
 @dataclass(frozen=True)
 class DenoiseOptions:
@@ -37,10 +39,16 @@ class DenoiseOptions:
     stability_threshold: int = 1
     confidence_threshold: float = 0.005
     early_stop: bool = True  # stop once the draft is stable and confident (as generate() does)
+    # The first canvas: "noise" (uniform random tokens, as generate()), or, for models with an aligned canvas, "ctc":
+    # the CTC head's best path laid out as the canvas is trained (each emitted token at its first slot, pad elsewhere),
+    # which the denoiser then refines.
+    start: str = "noise"
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
             raise ValueError(f"steps must be an integer from 1 to 1000, got {self.steps!r}")
+        if self.start not in STARTS:
+            raise ValueError(f"start must be one of {STARTS}, got {self.start!r}")
         if not 0 <= self.t_min < self.t_max:
             raise ValueError(f"need 0 <= t_min < t_max, got {self.t_min}, {self.t_max}")
 
@@ -100,11 +108,13 @@ def denoise(
     record: bool = True,
     step: StepFn | None = None,
     canvas_length: int | None = None,
+    initial: torch.Tensor | None = None,
 ) -> DenoiseResult:
     """Denoise one canvas per batch row, attending to the prefilled prompt ``cache`` of ``prompt_length`` tokens.
 
     ``step`` runs the decoder (default :func:`eager_step`; :mod:`asr.fast` passes a CUDA-graph replay).
     ``canvas_length``: the canvas's positions (default the model's ``config.canvas_length``; ``step`` must match).
+    ``initial``: the first canvas (batch, canvas_length) instead of uniform random tokens (``DenoiseOptions.start``).
     """
     config = backbone.config
     vocab, canvas_length = config.text_config.vocab_size, canvas_length or config.canvas_length
@@ -122,7 +132,12 @@ def denoise(
         if options.early_stop
         else None
     )  # fmt: skip
-    canvas = torch.randint(0, vocab, (batch_size, canvas_length), device=device, generator=generator)
+    if initial is None:
+        canvas = torch.randint(0, vocab, (batch_size, canvas_length), device=device, generator=generator)
+    elif initial.shape != (batch_size, canvas_length):
+        raise ValueError(f"initial canvas of shape {tuple(initial.shape)}, need {(batch_size, canvas_length)}")
+    else:
+        canvas = initial.to(device=device, dtype=torch.long)
     argmax = canvas
     self_conditioning = None
     finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
@@ -221,6 +236,14 @@ class _Recorder:
         temperature = self.temperature[:steps].numpy()
         batch = arrays["canvas"].shape[1]
         return [StepTrace(temperature=temperature, **{k: v[:, b] for k, v in arrays.items()}) for b in range(batch)]
+
+
+def ctc_canvas(best_path: torch.Tensor, blank: int) -> torch.Tensor:
+    """An aligned canvas from CTC best paths (batch, slots): each emitted token at the first slot of its run, blank
+    elsewhere (the layout ``asr.train.aligned_batch`` trains the denoiser on)."""
+    first = torch.ones_like(best_path, dtype=torch.bool)
+    first[:, 1:] = best_path[:, 1:] != best_path[:, :-1]
+    return torch.where(first, best_path, torch.full_like(best_path, blank))
 
 
 def ctc_collapse(ids: list[int], blank: int) -> list[int]:

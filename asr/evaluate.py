@@ -181,15 +181,21 @@ def evaluate(
     warmup: bool = True,
     progress: bool = False,
     ctc: bool = False,
+    start: str = "noise",
 ) -> StepsResult:
     """Transcribe every utterance with ``steps`` denoising steps and score the corpus. ``ctc``: score the CTC head's
-    greedy transcripts instead (:meth:`asr.Pipeline.transcribe_ctc`; ``steps`` is then 0)."""
+    greedy transcripts instead (:meth:`asr.Pipeline.transcribe_ctc`; ``steps`` is then 0). ``start``: the first
+    canvas (``DenoiseOptions.start``)."""
     import torch
+
+    from .decoding import DenoiseOptions
+
+    options = DenoiseOptions(steps=max(1, steps), start=start)
 
     def transcribe(path: str):
         if ctc:
             return pipeline.transcribe_ctc(path)
-        return pipeline.transcribe(path, steps=steps, seed=seed, record_steps=False)
+        return pipeline.transcribe(path, seed=seed, options=options, record_steps=False)
 
     steps = 0 if ctc else steps
     normalize = make_normalizer(language)
@@ -266,6 +272,7 @@ def parse_steps(text: str) -> list[int]:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .decoding import STARTS
     from .loading import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(prog="python -m asr.evaluate", description="Corpus WER/CER and RTFx on a manifest.")
@@ -273,6 +280,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"anything asr.load takes (default {DEFAULT_MODEL})")
     p.add_argument("--steps", type=parse_steps, default=[16], help="comma-separated step counts (default 16)")
     p.add_argument("--seed", type=int, default=0, help="denoising seed for every utterance (default 0)")
+    p.add_argument("--start", choices=STARTS, default="noise", help="the first canvas: uniform random tokens "
+                   "(noise, default) or the CTC head's reading (ctc; models with an aligned canvas)")  # fmt: skip
     p.add_argument("--language", default="en", help="en: Whisper's English normaliser; else the basic one")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--limit", type=int, default=None, help="only the first N utterances")
@@ -320,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             print(format_table(ctc, base=args.manifest.parent))
     results = []
     for steps in args.steps:
-        result = evaluate(pipe, utterances, steps, args.seed, args.language, progress=not args.quiet)
+        result = evaluate(pipe, utterances, steps, args.seed, args.language, progress=not args.quiet, start=args.start)
         results.append(result)
         if not args.quiet:
             print(format_table(result, base=args.manifest.parent))
@@ -331,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                     "model": pipe.name,
                     "manifest": str(args.manifest),
                     "seed": args.seed,
+                    "start": args.start,
                     "results": [_as_json(r) for r in results],
                     "ctc": _as_json(ctc) if ctc else None,
                 },

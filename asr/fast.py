@@ -196,7 +196,10 @@ def denoise(
     generator: torch.Generator | None = None,
     record: bool = True,
     use_graph: bool | None = None,
+    initial: torch.Tensor | None = None,
 ) -> DenoiseResult:
     """:func:`asr.decoding.denoise`, with each decoder step run by a :class:`StepRunner` (same results)."""
     runner = step_runner(backbone, cache, prompt_length, batch_size, use_graph)
-    return decoding.denoise(backbone, cache, prompt_length, batch_size, options, generator, record, step=runner)
+    return decoding.denoise(
+        backbone, cache, prompt_length, batch_size, options, generator, record, step=runner, initial=initial
+    )

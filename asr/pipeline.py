@@ -15,7 +15,7 @@ import torch
 
 from . import audio as A
 from . import fast
-from .decoding import DenoiseOptions, ctc_collapse, ctc_word_slots, denoise, trim_tokens
+from .decoding import DenoiseOptions, ctc_canvas, ctc_collapse, ctc_word_slots, denoise, trim_tokens
 from .model import WHISPER_FRAME_RATE, SpeechModel
 from .transcript import Segment, Timings, Transcript, Word
 
@@ -189,13 +189,16 @@ class Pipeline:
             prefill = (lambda: fast.prefill(self.model, embeds)) if graphs else (lambda: self.model.prefill(embeds))
             cache = self._timed(stages, "prefill", prefill)
             if graphs:  # a graph is captured for the model's canvas length
+                length = self.model.canvas_length
                 run = functools.partial(fast.denoise, self.model.backbone, cache)
             else:  # an aligned canvas needs only the positions of the audio's slots (model.CANVASES)
                 length = max(self.model.canvas_for(s.duration) for s in spans)
                 run = functools.partial(denoise, self.model.backbone, cache, canvas_length=length)
+            initial = self._ctc_start(audio_embeds, length) if options.start == "ctc" else None
             result = self._timed(
-                stages, "denoise", lambda: run(embeds.shape[1], len(spans), options, generator, record=record_steps)
-            )
+                stages, "denoise",
+                lambda: run(embeds.shape[1], len(spans), options, generator, record=record_steps, initial=initial),
+            )  # fmt: skip
         segments = []
         for i, span in enumerate(spans):
             canvas = result.tokens[i].tolist()
@@ -205,6 +208,15 @@ class Pipeline:
             text = self._text(tokens)
             segments.append(Segment(span.start, span.end, text, tokens=tokens, steps=trace, words=words))
         return segments
+
+    def _ctc_start(self, audio_embeds: torch.Tensor, length: int) -> torch.Tensor:
+        """``DenoiseOptions(start="ctc")``'s first canvas: the CTC head's best path as an aligned canvas (pad past the
+        audio's slots), ``length`` positions."""
+        if self.model.canvas != "aligned":
+            raise ValueError('start="ctc" needs a model with an aligned canvas (one position per audio slot)')
+        pad = self.model.prompt.pad_id
+        canvas = ctc_canvas(self.model.ctc_logits(audio_embeds).argmax(-1), blank=pad)[:, :length]
+        return torch.nn.functional.pad(canvas, (0, length - canvas.shape[1]), value=pad)
 
     def _ctc_batch(self, wave: np.ndarray, spans: list[A.Span], stages: dict[str, float]) -> list[Segment]:
         with self._audio_embeddings(wave, spans, stages) as audio_embeds:

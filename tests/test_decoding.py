@@ -11,7 +11,7 @@ import torch
 from conftest import with_pauses
 
 from asr import audio as A
-from asr.decoding import DenoiseOptions, ctc_collapse, ctc_word_slots, denoise, eager_step
+from asr.decoding import DenoiseOptions, ctc_canvas, ctc_collapse, ctc_word_slots, denoise, eager_step
 from asr.loading import build_tiny
 from asr.pipeline import Pipeline
 
@@ -145,6 +145,33 @@ def test_options_validate():
         DenoiseOptions(steps=0)
     with pytest.raises(ValueError):
         DenoiseOptions(t_min=0.9, t_max=0.5)
+    with pytest.raises(ValueError, match="start"):
+        DenoiseOptions(start="silence")
+
+
+def test_an_initial_canvas_is_the_first_step_input(stack):
+    """denoise(initial=...) starts from that canvas (the first recorded input) and draws no starting noise; a canvas
+    of the wrong shape is refused."""
+    cache, _, _, prompt_len = _prefilled(stack, 2, seed=5)
+    vocab = stack.backbone.config.text_config.vocab_size
+    initial = torch.randint(0, vocab, (2, stack.canvas_length), generator=torch.Generator().manual_seed(9))
+    options = DenoiseOptions(steps=3)
+    got = denoise(stack.backbone, cache, prompt_len, 2, options, torch.Generator().manual_seed(0), initial=initial)
+    for b in range(2):
+        assert (got.trace[b].canvas[0] == initial[b].numpy()).all()
+    noise = denoise(stack.backbone, cache, prompt_len, 2, options, torch.Generator().manual_seed(0))
+    assert (noise.trace[0].canvas[0] != initial[0].numpy()).any()
+    with pytest.raises(ValueError, match="initial canvas"):
+        denoise(stack.backbone, cache, prompt_len, 2, options, initial=initial[:, :-1])
+
+
+def test_ctc_canvas_puts_each_emission_at_its_first_slot():
+    """The aligned canvas layout of a CTC best path (what asr.train.aligned_batch trains the denoiser on): the first
+    slot of each run keeps its token, the others and blanks become blank; the greedy reading is unchanged."""
+    path = torch.tensor([[5, 5, 0, 7, 7, 7, 0, 5], [0, 0, 3, 3, 0, 3, 4, 4]])
+    assert ctc_canvas(path, blank=0).tolist() == [[5, 0, 0, 7, 0, 0, 0, 5], [0, 0, 3, 0, 0, 3, 4, 0]]
+    for row, canvas in zip(path.tolist(), ctc_canvas(path, blank=0).tolist(), strict=True):
+        assert ctc_collapse(canvas, blank=0) == ctc_collapse(row, blank=0)
 
 
 def test_ctc_collapse():

@@ -57,6 +57,19 @@ def test_identical_to_reference(stack, batch, options):
         assert ref.steps_run < 24
 
 
+def test_identical_to_reference_from_an_initial_canvas(stack):
+    """The runner path passes DenoiseOptions.start's initial canvas through: same result as the reference loop."""
+    stack.backbone.__dict__.pop("_asr_step_runners", None)
+    cache, prompt_len = _cache(stack, 2, seed=3)
+    vocab = stack.backbone.config.text_config.vocab_size
+    initial = torch.randint(0, vocab, (2, stack.canvas_length), generator=torch.Generator().manual_seed(4))
+    options = DenoiseOptions(steps=4)
+    ref = denoise(stack.backbone, cache, prompt_len, 2, options, torch.Generator().manual_seed(1), initial=initial)
+    got = fast.denoise(stack.backbone, cache, prompt_len, 2, options, torch.Generator().manual_seed(1), initial=initial)
+    _same(ref, got)
+    assert (got.trace[0].canvas[0] == initial[0].numpy()).all()
+
+
 def test_runner_refuses_another_prompt_length(stack):
     cache, prompt_len = _cache(stack, 1, seed=0)
     runner = fast.StepRunner(stack.backbone, cache, prompt_len, 1)

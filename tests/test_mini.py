@@ -35,6 +35,30 @@ def test_mini_transcribes_the_examples():
     assert all(r.hypothesis.strip() for r in result.utterances)
 
 
+def test_mini_starts_from_its_ctc_reading_when_asked(capsys):
+    """DenoiseOptions(start="ctc"): the first canvas is the CTC head's reading laid out as the aligned canvas, so
+    it reads as transcribe_ctc's text; the denoiser then refines it, and the packed tiny model refuses the option.
+    The CLI's --start ctc gives the same transcript, and a clear error for a packed model."""
+    from asr.cli import main
+    from asr.decoding import DenoiseOptions, ctc_collapse
+
+    pipe = asr.load("mini", device="cpu")
+    clip = str(read_manifest(EXAMPLES)[0].audio)
+    ctc = pipe.transcribe_ctc(clip)
+    got = pipe.transcribe(clip, seed=0, options=DenoiseOptions(steps=2, start="ctc"))
+    first = got.segments[0].steps.canvas[0].tolist()
+    assert pipe.decode(first) == ctc.segments[0].text and ctc_collapse(first, pipe.model.prompt.pad_id)
+    assert got.text.strip()
+    tiny = asr.load("tiny-random", device="cpu")
+    with pytest.raises(ValueError, match="aligned canvas"):
+        tiny.transcribe(clip, seed=0, options=DenoiseOptions(steps=1, start="ctc"))
+    capsys.readouterr()
+    assert main([clip, "--model", "mini", "--start", "ctc", "--steps", "2", "--seed", "0", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.strip() == got.text.strip()
+    assert main([clip, "--model", "tiny-random", "--start", "ctc", "--device", "cpu"]) == 2
+    assert "--start ctc needs a model with an aligned canvas" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("reading", ["denoise", "ctc"])
 def test_mini_word_timestamps_follow_the_speech(reading):
     """Two example clips with 1.5 s of silence between them: every word lies inside the speech of one clip (the
