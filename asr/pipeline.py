@@ -194,7 +194,9 @@ class Pipeline:
             else:  # an aligned canvas needs only the positions of the audio's slots (model.CANVASES)
                 length = max(self.model.canvas_for(s.duration) for s in spans)
                 run = functools.partial(denoise, self.model.backbone, cache, canvas_length=length)
-            initial = self._ctc_start(audio_embeds, length) if options.start == "ctc" else None
+            initial = None
+            if options.start == "ctc":
+                initial = self._timed(stages, "ctc", lambda: self._ctc_start(audio_embeds, length))
             result = self._timed(
                 stages, "denoise",
                 lambda: run(embeds.shape[1], len(spans), options, generator, record=record_steps, initial=initial),
