@@ -759,7 +759,7 @@ class Bench:
                     self._moe_best[batch] = (",".join(map(str, tile)), run.seconds)
 
     @contextlib.contextmanager
-    def kernels(self, norms: bool, experts: bool) -> Iterator[str]:
+    def using_kernels(self, norms: bool, experts: bool) -> Iterator[str]:
         """The backbone's RMSNorms and experts as :mod:`asr.kernels` (each True) or transformers' for the duration,
         then the stack's default again (``asr.loading.use_kernels``: fused on CUDA); yields the variant's name."""
         from . import kernels
@@ -782,11 +782,11 @@ class Bench:
         small, large = (self._moe_best.get(b, (None,))[0] for b in (1, 16))
         if norms or experts:
             self._check_kernels(norms, experts, small)
-        with self.kernels(norms, experts) as name:
+        with self.using_kernels(norms, experts) as name:
             suffix = "-unfused" if name == "transformers" else f"-{name}"
             extra = {"kernels": name}
             with _env(ASR_MOE_BLOCKS=small):
-                self._fused_one_window(pipe, wave, suffix, {**extra, "blocks": small or "default"})
+                self._variant_cases(pipe, wave, suffix, {**extra, "blocks": small or "default"})
             if not self.s.quick:
                 with _env(ASR_MOE_BLOCKS=large):
                     extra["blocks"] = large or "default"
@@ -806,19 +806,20 @@ class Bench:
         def first_argmax():
             return pipe.transcribe(wave, steps=2, seed=11).segments[0].steps.argmax[0]
 
-        with self.kernels(False, False):
+        with self.using_kernels(False, False):
             ref = first_argmax()
             bb.set_experts_implementation("eager")
             spread = float((first_argmax() == ref).mean())
-        with self.kernels(norms, experts) as name, _env(ASR_MOE_BLOCKS=blocks):
+        with self.using_kernels(norms, experts) as name, _env(ASR_MOE_BLOCKS=blocks):
             agree = float((first_argmax() == ref).mean())
         self.add(f"check-{name}", None, _peak(self.device), ok=agree >= min(0.99, spread - 0.02), steps=2, batch=1,
                  first_step_argmax_agree=agree, eager_experts_agree=spread, blocks=blocks or "default",
                  note=f"1x30s, seed 11: first step's argmax canvas, asr.kernels ({name}) vs transformers' path "
                       f"agree {agree:.1%}; transformers' eager experts vs grouped_mm {spread:.1%}")  # fmt: skip
 
-    def _fused_one_window(self, pipe: Pipeline, wave: np.ndarray, suffix: str, extra: dict[str, Any]) -> None:
-        """fused()'s eager decoder steps (1x, 16x; with a kernel profile) and 1- and 4-window cases, the kernels on."""
+    def _variant_cases(self, pipe: Pipeline, wave: np.ndarray, suffix: str, extra: dict[str, Any]) -> None:
+        """variant()'s eager decoder steps (1x, 16x; with a kernel profile) and 1- and 4-window cases, run with the
+        variant's kernels in place."""
         model = self.stack.model
         with torch.inference_mode():
             embeds = model.prompt_embeddings(model.embed_audio(pipe.features([wave]).to(self.device)))
