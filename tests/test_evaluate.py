@@ -86,9 +86,11 @@ class FakePipeline:
     answers: dict[str, str]
     device: str = "cpu"
     calls: list[str] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)  # the step count each transcribe call was given
 
-    def transcribe(self, path, steps=16, seed=None, record_steps=True):
+    def transcribe(self, path, steps=16, seed=None, *, options=None, record_steps=True):  # Pipeline's signature
         self.calls.append(path)
+        self.steps.append(options.steps if options is not None else steps)
         name = path.rsplit("/", 1)[-1]
         return SimpleNamespace(text=self.answers[name], timings=SimpleNamespace(audio_seconds=2.0))
 
@@ -101,7 +103,7 @@ def test_evaluate_counts_a_hand_computed_corpus(clips):
     utts = E.read_manifest(clips / "m.tsv")
     fake = FakePipeline({"u0.flac": "The cat sat down.", "u1.flac": "hello world"})
     result = E.evaluate(fake, utts, steps=8)
-    assert len(fake.calls) == 3  # one warm-up + two timed
+    assert len(fake.calls) == 3 and fake.steps == [8, 8, 8]  # one warm-up + two timed, at the steps asked for
     assert result.rates.wer == pytest.approx(20.0)  # one insertion over five reference words
     assert [u.word_errors for u in result.utterances] == [1, 0]
     assert result.audio_seconds == 4.0 and result.rtfx > 0
