@@ -332,13 +332,15 @@ def supports(experts: torch.nn.Module) -> bool:
 def experts_forward(
     self: torch.nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
 ) -> torch.Tensor:
-    """transformers' experts-implementation signature; a layout the kernels do not cover uses ``grouped_mm``."""
+    """transformers' experts-implementation signature; a layout the kernels do not cover, and training (the kernels
+    have no backward), use ``grouped_mm``."""
     from transformers.integrations.moe import grouped_mm_experts_forward
 
     def fallback():
         return grouped_mm_experts_forward(self, hidden_states, top_k_index, top_k_weights)
 
-    if not supports(self):
+    training = torch.is_grad_enabled() and (hidden_states.requires_grad or self.gate_up_proj.requires_grad)
+    if training or not supports(self):
         return fallback()
     return _guarded(
         "experts",

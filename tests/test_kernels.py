@@ -205,6 +205,23 @@ def test_use_kernels_default_and_switch_off(monkeypatch):
     assert K.use_fused(bb, norms=False, experts=False) == "transformers"
 
 
+def test_with_gradients_on_the_kernels_step_aside():
+    """The kernels have no backward: with gradients on, a switched model runs transformers' code, so training
+    through it still reaches every expert and norm weight, with transformers' gradients."""
+    torch.manual_seed(0)
+    bb = DiffusionGemmaForBlockDiffusion(tiny_backbone_config())
+    ids = torch.randint(3, 500, (2, 12))
+    bb.model.encoder(input_ids=ids).last_hidden_state.square().sum().backward()
+    ref = {n: p.grad.clone() for n, p in bb.named_parameters() if p.grad is not None}
+    bb.zero_grad()
+    K.use_fused(bb)
+    bb.model.encoder(input_ids=ids).last_hidden_state.square().sum().backward()
+    got = {n: p.grad for n, p in bb.named_parameters() if p.grad is not None}
+    K.use_fused(bb, norms=False, experts=False)
+    assert got.keys() == ref.keys() and any("experts" in n for n in got) and any("layernorm" in n for n in got)
+    assert all(torch.allclose(got[n], ref[n], atol=1e-5, rtol=1e-4) for n in ref)
+
+
 def test_a_failing_kernel_falls_back_to_transformers_once(monkeypatch):
     """A kernel that cannot run (here: raises) gives transformers' result with one warning, and is not tried again."""
     torch.manual_seed(0)
