@@ -13,6 +13,7 @@ FALLBACK_MODEL = "mini"  # used, with a note on stderr, when --model is not give
 
 
 def parser() -> argparse.ArgumentParser:
+    from .decoding import STARTS
     from .loading import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(prog="python -m asr", description="Transcribe audio with diffusion-gemma-asr.")
@@ -24,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
         f"tiny-random (default {DEFAULT_MODEL}; where it cannot load, e.g. without a GPU, {FALLBACK_MODEL})",
     )
     p.add_argument("--steps", type=int, default=16, help="denoising steps (default 16)")
-    p.add_argument("--start", choices=("noise", "ctc"), default="noise",
+    p.add_argument("--start", choices=STARTS, default="noise",
                    help="the first canvas: uniform random tokens (default) or, for models with an aligned canvas such "
                    "as mini, the CTC head's reading, which the denoiser refines (better in 1-2 steps)")  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible output")

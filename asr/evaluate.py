@@ -190,7 +190,7 @@ def evaluate(
 
     from .decoding import DenoiseOptions
 
-    options = DenoiseOptions(steps=max(1, steps), start=start)
+    options = None if ctc else DenoiseOptions(steps=steps, start=start)
 
     def transcribe(path: str):
         if ctc:

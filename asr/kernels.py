@@ -48,6 +48,11 @@ ACTIVATIONS = {"gelu_pytorch_tanh": 0, "gelu_new": 0, "silu": 1}  # config.hidde
 FAILED: dict[str, str] = {}  # kernel family ("experts", "norms") -> the error that turned it off in this process
 
 
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether a call must be differentiable: the kernels have no backward, so then transformers' code runs."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _guarded(family: str, fused: Callable[[], torch.Tensor], fallback: Callable[[], torch.Tensor]) -> torch.Tensor:
     """``fused()``, or transformers' ``fallback()`` from the first time a kernel of ``family`` fails (Triton cannot
     compile or launch on this machine, say) on: one warning, and the request and the later ones still run."""
@@ -292,8 +297,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
 def _norm_forward(module: torch.nn.Module, original):
     def forward(hidden_states: torch.Tensor) -> torch.Tensor:
         weight = module.weight if module.with_scale else None
-        if torch.is_grad_enabled() and (hidden_states.requires_grad or (weight is not None and weight.requires_grad)):
-            return original(hidden_states)  # training: the kernel has no backward
+        if _needs_grad(hidden_states, weight):
+            return original(hidden_states)
         return _guarded("norms", lambda: rms_norm(hidden_states, weight, module.eps), lambda: original(hidden_states))
 
     return forward
@@ -339,8 +344,7 @@ def experts_forward(
     def fallback():
         return grouped_mm_experts_forward(self, hidden_states, top_k_index, top_k_weights)
 
-    training = torch.is_grad_enabled() and (hidden_states.requires_grad or self.gate_up_proj.requires_grad)
-    if training or not supports(self):
+    if _needs_grad(hidden_states, self.gate_up_proj, self.down_proj) or not supports(self):
         return fallback()
     return _guarded(
         "experts",

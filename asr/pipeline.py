@@ -217,12 +217,16 @@ class Pipeline:
         if self.model.canvas != "aligned":
             raise ValueError('start="ctc" needs a model with an aligned canvas (one position per audio slot)')
         pad = self.model.prompt.pad_id
-        canvas = ctc_canvas(self.model.ctc_logits(audio_embeds).argmax(-1), blank=pad)[:, :length]
+        canvas = ctc_canvas(self._ctc_path(audio_embeds), blank=pad)[:, :length]
         return torch.nn.functional.pad(canvas, (0, length - canvas.shape[1]), value=pad)
+
+    def _ctc_path(self, audio_embeds: torch.Tensor) -> torch.Tensor:
+        """The CTC head's greedy best path: one id per audio slot, (batch, slots)."""
+        return self.model.ctc_logits(audio_embeds).argmax(-1)
 
     def _ctc_batch(self, wave: np.ndarray, spans: list[A.Span], stages: dict[str, float]) -> list[Segment]:
         with self._audio_embeddings(wave, spans, stages) as audio_embeds:
-            best = self._timed(stages, "ctc", lambda: self.model.ctc_logits(audio_embeds).argmax(-1).tolist())
+            best = self._timed(stages, "ctc", lambda: self._ctc_path(audio_embeds).tolist())
         segments = []
         for span, row in zip(spans, best, strict=True):
             tokens = ctc_collapse(row, blank=self.model.prompt.pad_id)
