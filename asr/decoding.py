@@ -148,25 +148,14 @@ def denoise(
     for remaining in range(options.steps, 0, -1):
         # Full-vocabulary tensors (batch x canvas x 262144) dominate the memory of a step: each is dropped as soon
         # as it has served (the previous step's logits too, unless rows that have stopped need them), and the
-        # library's entropies (sampler, stopping rule) are computed a batch row at a time.
+        # probabilities (sample) and the library's entropies (sampler, stopping rule) are computed a row at a time.
         any_finished = stoppers is not None and bool(finished.any())  # waited for at the previous step's end
         logits = step(canvas, self_conditioning)
         if not any_finished:
             self_conditioning = None
         scaled = temperature(None, logits, cur_step=remaining)
         del logits
-        probs = torch.softmax(scaled, dim=-1, dtype=torch.float32)
-        sampled = torch.multinomial(probs.view(-1, vocab), 1, generator=generator).view(batch_size, canvas_length)
-        if rec is not None:  # for the record: entropy H = logsumexp(x) - sum(softmax(x) x) from the probabilities at
-            # hand (instead of a third Categorical), in float32, a row at a time
-            confidence = probs.amax(dim=-1)
-            entropy = torch.cat(
-                [
-                    torch.logsumexp(x.float(), dim=-1) - (p * x).sum(dim=-1)
-                    for x, p in zip(scaled.split(1), probs.split(1), strict=True)
-                ]
-            )
-        del probs
+        sampled, confidence, entropy = sample(scaled, generator, record=rec is not None)
         new_argmax = scaled.argmax(dim=-1)
         accepted_canvas, accepted = _accept_by_row(sampler, canvas, sampled, scaled, remaining)
         noise = torch.randint(0, vocab, (batch_size, canvas_length), device=device, generator=generator)
@@ -187,6 +176,36 @@ def denoise(
             break
     trace = rec.to_host(steps_run) if rec is not None else None
     return DenoiseResult(tokens=argmax, steps_run=steps_run, trace=trace)
+
+
+def sample(
+    scaled: torch.Tensor, generator: torch.Generator | None, record: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """One token per position from ``softmax(scaled)`` (batch, canvas, vocab): ``(sampled, confidence, entropy)``,
+    the last two (the record's: the top probability, and the entropy in nats) ``None`` unless ``record``.
+
+    The same draw as ``torch.multinomial(softmax(scaled, float32).view(-1, vocab), 1, generator)`` (what
+    ``generate()`` calls), which for one sample is ``argmax(p / q)`` with ``q ~ Exp(1)`` drawn by one ``exponential_``
+    over the whole ``(positions, vocab)`` tensor (torch's ``multinomial_out``): the same random numbers in the same
+    order, so the same tokens (tests/test_decoding.py compares with ``generate()``). Done here, a batch row at a time,
+    the float32 probabilities never exist for the whole batch at once (at batch 16 on the real model, 3.2 GB besides
+    ``q``'s 3.2 GB), and ``multinomial``'s input checks (three more passes over them and two host synchronisations)
+    are skipped: softmax output is a valid distribution."""
+    batch, length, vocab = scaled.shape
+    q = torch.empty((batch, length, vocab), dtype=torch.float32, device=scaled.device)
+    q.exponential_(generator=generator)
+    confidence = entropy = None
+    if record:
+        confidence = torch.empty((batch, length), dtype=torch.float32, device=scaled.device)
+        entropy = torch.empty_like(confidence)
+    for b in range(batch):
+        x = scaled[b]
+        p = torch.softmax(x, dim=-1, dtype=torch.float32)
+        torch.div(p, q[b], out=q[b])
+        if record:  # H = logsumexp(x) - sum(softmax(x) x), from the probabilities at hand, in float32
+            confidence[b] = p.amax(dim=-1)
+            entropy[b] = torch.logsumexp(x.float(), dim=-1) - (p * x).sum(dim=-1)
+    return q.argmax(dim=-1), confidence, entropy
 
 
 def _accept_by_row(

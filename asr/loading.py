@@ -85,7 +85,10 @@ def load(
             speech = _to(speech, device, dtype).eval()
             use_kernels(speech.backbone, device)
             bf16 = small and device == "cpu" and dtype == torch.float32 and cpu_bf16_default()
-            _cache[key] = Pipeline(speech, tokenizer, features, name=label, device=device, cpu_bf16=bf16)
+            trim = small and os.environ.get("ASR_TRIM_ENCODER", "1") != "0"
+            _cache[key] = Pipeline(
+                speech, tokenizer, features, name=label, device=device, cpu_bf16=bf16, trim_encoder=trim
+            )
         return _cache[key]
 
 

@@ -23,6 +23,11 @@ AUDIO_END_ID = 258_883  # <audio|>
 AUDIO_TOKENS = ("<|audio>", "<|audio|>", "<audio|>")
 SUBSAMPLING = 8  # whisper frames per audio embedding
 WHISPER_FRAME_RATE = 50  # whisper encoder frames per second of audio (20 ms each)
+# A trimmed encoder (SpeechModel.embed_audio(seconds=...)) runs this many positions (1 s) past the audio's end.
+ENCODER_MARGIN = 50
+# WhisperFeatureExtractor's (and openai-whisper's) log-mel of digital silence: log10 of the 1e-10 floor, clamped to
+# 8 below the window's maximum (the same value), then (x + 4) / 4 = -1.5 everywhere (tests/test_model.py checks it).
+SILENT_LOG_MEL = -1.5
 # How the transcript sits on the canvas. "packed" (the released adapter): its ids from the first position, then EOS,
 # then pad. "aligned" (for small models, ``asr.train --canvas aligned``): one position per audio slot, each id at the
 # slot where the CTC head's best path emits it, pad elsewhere. Two equal ids are never side by side there (CTC puts a
@@ -244,6 +249,19 @@ def prompt_format_from_tokenizer(
     )
 
 
+def encode_positions(whisper: WhisperEncoder, features: torch.Tensor, positions: int) -> torch.Tensor:
+    """``whisper(features).last_hidden_state[:, :positions]`` as if the window ended there: the encoder's own layers
+    over the first ``positions`` of its 1500 positions (the ``2 * positions`` mel frames that feed them), so attention
+    sees only those. With ``positions`` 1500 it is exactly ``WhisperEncoder.forward`` (which accepts only whole
+    windows; tests/test_model.py compares the two)."""
+    x = nn.functional.gelu(whisper.conv1(features[..., : 2 * positions]))
+    x = nn.functional.gelu(whisper.conv2(x)).permute(0, 2, 1)
+    hidden = x + whisper.embed_positions.weight[:positions]
+    for layer in whisper.layers:
+        hidden = layer(hidden, None)
+    return whisper.layer_norm(hidden)
+
+
 class SpeechModel(nn.Module):
     """whisper encoder + projector + DiffusionGemma backbone (LoRA already injected, if any) + prompt format, and how
     the canvas holds the transcript (``canvas``, one of ``CANVASES``)."""
@@ -300,13 +318,36 @@ class SpeechModel(nn.Module):
             return min(self.canvas_length, audio_slots(seconds, self.projector.subsampling))
         return self.canvas_length
 
-    def embed_audio(self, features: torch.Tensor) -> torch.Tensor:
-        """Log-mel features (B, n_mels, 3000) -> audio embeddings (B, slots, hidden), in the backbone's dtype."""
+    def embed_audio(self, features: torch.Tensor, seconds: float | None = None) -> torch.Tensor:
+        """Log-mel features (B, n_mels, 3000) -> audio embeddings (B, slots, hidden), in the backbone's dtype.
+
+        ``seconds``: how much of the window holds audio (the longest row's). Whisper then encodes only the positions
+        that cover it plus ``ENCODER_MARGIN`` (:func:`encode_positions`), and the later positions take the encoder's
+        output for a silent window (computed once). whisper always encodes 30 s; for a 5 s clip this is ~1/5 of the
+        work, but it is an approximation: the audio's positions no longer attend to the padding's. Measured with
+        ``mini`` (train/results/cpu-x4 section 6): WER within 0.7 points, the encoder ~4x faster on a 2-core CPU.
+        ``None``: the whole window, exactly as whisper (and training) computes it."""
         dtype = next(self.whisper.parameters()).dtype
-        frames = self.whisper(features.to(dtype)).last_hidden_state
+        total = self.whisper.config.max_source_positions
+        keep = total if seconds is None else min(total, math.ceil(seconds * WHISPER_FRAME_RATE) + ENCODER_MARGIN)
+        if keep >= total:
+            frames = self.whisper(features.to(dtype)).last_hidden_state
+        else:
+            head = encode_positions(self.whisper, features.to(dtype), keep)
+            tail = self._silent_frames(features.shape[1:], head.device, dtype)[:, keep:]
+            frames = torch.cat([head, tail.expand(len(head), -1, -1)], dim=1)
         proj_dtype = next(self.projector.parameters()).dtype
         emb = self.projector(frames.to(proj_dtype))
         return emb.to(self.backbone.dtype)
+
+    def _silent_frames(self, shape: torch.Size, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """whisper's output for a silent window (1, 1500, d_model), computed once per device and dtype."""
+        cache = self.__dict__.setdefault("_silence", {})
+        if (device, dtype) not in cache:
+            with torch.no_grad():
+                silent = torch.full((1, *shape), SILENT_LOG_MEL, device=device, dtype=dtype)
+                cache[device, dtype] = self.whisper(silent).last_hidden_state
+        return cache[device, dtype]
 
     def ctc_logits(self, audio_embeds: torch.Tensor, detach_head: bool = False) -> torch.Tensor:
         """The training recipe's CTC head: audio embeddings through the lm_head weight (tied to the embeddings, no

@@ -49,6 +49,10 @@ class Pipeline:
     float32 model on the CPU under ``torch.autocast`` in bfloat16, and the sampler on the bfloat16 logits, as
     ``generate()`` would under the same autocast (tests/test_decoding.py). :func:`asr.load` turns it on for the
     small model where the CPU computes bfloat16 natively (:func:`cpu_bf16_default`).
+
+    ``trim_encoder=True`` runs whisper's encoder only over the positions that cover a batch's audio (plus 1 s), not
+    the whole 30 s window (:meth:`SpeechModel.embed_audio`'s ``seconds``): an approximation, measured for small
+    models only, where :func:`asr.load` turns it on (``ASR_TRIM_ENCODER=0`` turns it off).
     """
 
     graph_max_batch = 4
@@ -62,10 +66,12 @@ class Pipeline:
         device: str,
         cuda_graphs: bool | None = None,
         cpu_bf16: bool = False,
+        trim_encoder: bool = False,
     ):
         if cpu_bf16 and device != "cpu":
             raise ValueError(f"cpu_bf16 is for device='cpu', not {device!r}")
         self.cpu_bf16 = cpu_bf16
+        self.trim_encoder = trim_encoder
         self.model = model
         self.tokenizer = tokenizer
         self.feature_extractor = feature_extractor
@@ -78,9 +84,9 @@ class Pipeline:
 
     def __repr__(self) -> str:
         dtype = next(self.model.backbone.parameters()).dtype
-        bf16 = ", cpu_bf16=True" if self.cpu_bf16 else ""
+        extra = (", cpu_bf16=True" if self.cpu_bf16 else "") + (", trim_encoder=True" if self.trim_encoder else "")
         return (
-            f"Pipeline({self.name!r}, device={self.device!r}, dtype={dtype}{bf16}, canvas={self.model.canvas_length})"
+            f"Pipeline({self.name!r}, device={self.device!r}, dtype={dtype}{extra}, canvas={self.model.canvas_length})"
         )
 
     def _models(self) -> contextlib.AbstractContextManager:
@@ -179,8 +185,11 @@ class Pipeline:
         """The audio embeddings of the windows ``spans``, yielded inside the model lock and context (the log-mel
         features are computed before taking the lock: other requests' models can run meanwhile)."""
         feats = self._timed(stages, "features", lambda: self.features([A.cut(wave, s) for s in spans]))
+        seconds = max(s.duration for s in spans) if self.trim_encoder else None
         with self._lock, torch.inference_mode(), self._models():
-            yield self._timed(stages, "encoder+projector", lambda: self.model.embed_audio(feats.to(self.device)))
+            yield self._timed(
+                stages, "encoder+projector", lambda: self.model.embed_audio(feats.to(self.device), seconds=seconds)
+            )
 
     def _transcribe_batch(self, wave, spans, options, generator, record_steps, stages) -> list[Segment]:
         with self._audio_embeddings(wave, spans, stages) as audio_embeds:

@@ -11,7 +11,7 @@ import torch
 from conftest import with_pauses
 
 from asr import audio as A
-from asr.decoding import DenoiseOptions, ctc_canvas, ctc_collapse, ctc_word_slots, denoise, eager_step
+from asr.decoding import DenoiseOptions, ctc_canvas, ctc_collapse, ctc_word_slots, denoise, eager_step, sample
 from asr.loading import build_tiny
 from asr.pipeline import Pipeline
 
@@ -127,6 +127,25 @@ def test_recorded_confidence_and_entropy_of_the_first_step(stack):
         np.testing.assert_allclose(trace.entropy[0], entropy[b].numpy(), rtol=2e-3, atol=2e-3)
         np.testing.assert_allclose(trace.confidence[0], confidence[b].numpy(), rtol=2e-3, atol=1e-4)
     assert entropy.std() > 0.1  # positions differ, so the comparison is not between constants
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sample_draws_what_torch_multinomial_draws(dtype):
+    """``sample`` (a batch row at a time, no full float32 probabilities) against ``torch.multinomial`` over the
+    whole softmax, as generate() calls it: the same tokens, and the generator left in the same state (so the
+    re-noising draw after it is the same too)."""
+    scaled = (torch.randn(3, 50, 700, generator=torch.Generator().manual_seed(1)) * 3).to(dtype)
+    ours_gen, ref_gen = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    tokens, confidence, entropy = sample(scaled, ours_gen)
+    probs = torch.softmax(scaled, dim=-1, dtype=torch.float32)
+    reference = torch.multinomial(probs.view(-1, 700), 1, generator=ref_gen).view(3, 50)
+    assert torch.equal(tokens, reference)
+    assert torch.equal(ours_gen.get_state(), ref_gen.get_state())
+    assert len(tokens.unique()) > 50  # a real draw, not one token
+    torch.testing.assert_close(confidence, probs.amax(dim=-1))
+    reference_entropy = torch.distributions.Categorical(logits=scaled.float()).entropy()
+    torch.testing.assert_close(entropy, reference_entropy, rtol=1e-4, atol=1e-4)
+    assert sample(scaled, torch.Generator().manual_seed(7), record=False)[1:] == (None, None)
 
 
 def test_seed_reproducible_and_seeds_differ(stack):
