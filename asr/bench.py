@@ -556,9 +556,10 @@ class Bench:
         for segs in (20,) if self.s.quick else (4, 16, 20):
             name = f"{segs}x30s-8steps"
             self.case(name, lambda n=name, g=segs: self.transcribe_case(n, g, 8, note="Pipeline batch_size=16"))
-        if "out of memory" in str(self.records[-1].get("error")):
-            name = "20x30s-8steps-batch8"
-            self.case(name, lambda: self.transcribe_case(name, 20, 8, batch_size=8, note="Pipeline batch_size=8"))
+        # half the batch: the full-vocabulary tensors of a step (batch x canvas x 262144) set the peak above the
+        # weights, so this is the memory target's fallback (also the case that still runs after an out-of-memory)
+        name = "20x30s-8steps-batch8"
+        self.case(name, lambda: self.transcribe_case(name, 20, 8, batch_size=8, note="Pipeline batch_size=8"))
         self.case("words", self.words)
         if self.s.check:
             self.case("check-deterministic", self.check_deterministic)
