@@ -589,3 +589,33 @@ def test_noise_levels_uniform_or_skewed_towards_all_noise():
     skewed = T.noise_levels(20_000, torch.Generator().manual_seed(3), power=3.0)
     assert float(skewed.mean()) == pytest.approx(3 / 4, abs=0.01)
     assert (skewed >= uniform).all() and float((skewed > 0.9).float().mean()) == pytest.approx(1 - 0.9**3, abs=0.01)
+
+
+def test_trimmed_frames_encode_the_audio_and_take_a_silent_window_after_it(manifest, tmp_path):
+    """``--trim-encoder`` (the default for small models, as asr.load runs them): a group of clips is encoded only over
+    its longest clip (+ the margin); later positions are whisper's own output for a silent window."""
+    cfg = T.TrainConfig(manifest=str(manifest), out=str(tmp_path / "run"), model="tiny-random")
+    speech, tokenizer, features = T.build_model(cfg)
+    examples, _ = T.prepare_examples(T.read_manifest(manifest), tokenizer, speech.canvas_length)
+    full = T.FrameCache(tmp_path / "frames", speech, features)
+    trimmed = T.FrameCache(tmp_path / "frames", speech, features, trim=True)
+    assert full.root != trimmed.root  # never the one read as the other
+    trimmed.ensure(examples, progress=False)
+    frames = trimmed.load(examples)
+    keep = math.ceil(max(e.seconds for e in examples) * M.WHISPER_FRAME_RATE) + M.ENCODER_MARGIN
+    with torch.no_grad():
+        silence = speech.whisper(torch.full((1, 80, 3000), M.SILENT_LOG_MEL)).last_hidden_state
+    assert frames.shape == full.load(examples).shape
+    torch.testing.assert_close(frames[:, keep:], silence[:, keep:].expand(len(examples), -1, -1), rtol=1e-3, atol=1e-3)
+    assert not torch.allclose(frames[:, : keep - M.ENCODER_MARGIN], silence[:, : keep - M.ENCODER_MARGIN], atol=1e-2)
+    memory = T.MemoryFrameCache(speech, features, trim=True)
+    torch.testing.assert_close(memory.load(examples), frames, rtol=0, atol=0)
+
+
+def test_small_models_train_on_trimmed_frames_by_default():
+    assert T.trims_encoder(T.TrainConfig(train="all"))
+    assert not T.trims_encoder(T.TrainConfig(train="projector+lora"))  # the released adapter reads whole windows
+    assert not T.trims_encoder(T.TrainConfig(train="all", trim_encoder=False))
+    args = T.parser().parse_args(["--manifest", "m.tsv", "--out", "o", "--no-trim-encoder"])
+    assert args.trim_encoder is False
+    assert T.parser().parse_args(["--manifest", "m.tsv", "--out", "o"]).trim_encoder is None
