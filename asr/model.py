@@ -23,7 +23,7 @@ AUDIO_END_ID = 258_883  # <audio|>
 AUDIO_TOKENS = ("<|audio>", "<|audio|>", "<audio|>")
 SUBSAMPLING = 8  # whisper frames per audio embedding
 WHISPER_FRAME_RATE = 50  # whisper encoder frames per second of audio (20 ms each)
-# A trimmed encoder (SpeechModel.embed_audio(seconds=...)) runs this many positions (1 s) past the audio's end.
+# A trimmed encoder (SpeechModel.whisper_frames(seconds=...)) runs this many positions (1 s) past the audio's end.
 ENCODER_MARGIN = 50
 # WhisperFeatureExtractor's (and openai-whisper's) log-mel of digital silence: log10 of the 1e-10 floor, clamped to
 # 8 below the window's maximum (the same value), then (x + 4) / 4 = -1.5 everywhere (tests/test_model.py checks it).
@@ -325,7 +325,7 @@ class SpeechModel(nn.Module):
         that cover it plus ``ENCODER_MARGIN`` (:func:`encode_positions`), and the later positions take the encoder's
         output for a silent window (computed once). whisper always encodes 30 s; for a 5 s clip this is ~1/5 of the
         work, but it is an approximation: the audio's positions no longer attend to the padding's. Measured with
-        ``mini`` (train/results/cpu-x4 section 6): WER within ~1 point either way from 4 steps on, the encoder ~5x
+        ``mini`` (train/results/cpu-x4 section 6): WER within 1.2 points either way from 4 steps on, the encoder ~5x
         faster on a 2-core CPU. ``None``: the whole window, exactly as whisper computes it."""
         dtype = next(self.whisper.parameters()).dtype
         features = features.to(dtype)
