@@ -346,13 +346,15 @@ class SpeechModel(nn.Module):
         return emb.to(self.backbone.dtype)
 
     def _silent_frames(self, shape: torch.Size, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """whisper's output for a silent window (1, 1500, d_model), computed once per device and dtype."""
+        """whisper's output for a silent window (1, 1500, d_model), computed once per device, dtype and autocast
+        state (``Pipeline(cpu_bf16=True)`` runs whisper under bfloat16 autocast)."""
         cache = self.__dict__.setdefault("_silence", {})
-        if (device, dtype) not in cache:
+        key = (device, dtype, torch.is_autocast_enabled(device.type))
+        if key not in cache:
             with torch.no_grad():
                 silent = torch.full((1, *shape), SILENT_LOG_MEL, device=device, dtype=dtype)
-                cache[device, dtype] = self.whisper(silent).last_hidden_state
-        return cache[device, dtype]
+                cache[key] = self.whisper(silent).last_hidden_state
+        return cache[key]
 
     def ctc_logits(self, audio_embeds: torch.Tensor, detach_head: bool = False) -> torch.Tensor:
         """The training recipe's CTC head: audio embeddings through the lm_head weight (tied to the embeddings, no

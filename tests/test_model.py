@@ -72,6 +72,19 @@ def test_a_trimmed_window_encodes_the_audio_and_takes_silence_after_it(tiny):
     assert not torch.allclose(trimmed[:, :audio], silence[:, :audio])
 
 
+def test_the_silent_window_under_bfloat16_autocast_is_not_reused_without_it():
+    """Pipeline(cpu_bf16=True) runs whisper under autocast: the silent window computed there must not stand in for
+    the float32 one (the same model, a float32 pipeline later)."""
+    features = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(3))
+    speech = build_tiny(seed=0)[0]
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            speech.embed_audio(features, seconds=2.0)
+        after_autocast = speech.embed_audio(features, seconds=2.0)
+        fresh = build_tiny(seed=0)[0].embed_audio(features, seconds=2.0)
+    assert torch.equal(after_autocast, fresh)
+
+
 def test_pipeline_trims_the_encoder_to_the_longest_window_of_a_batch(tiny):
     speech, tokenizer, extractor = tiny
     seen = []
