@@ -156,6 +156,7 @@ class UtteranceResult:
     hypothesis: str
     word_errors: int
     words: int
+    stages: dict[str, float] = field(default_factory=dict)  # the transcript's wall seconds per pipeline stage
 
 
 @dataclass
@@ -170,6 +171,22 @@ class StepsResult:
     def summary(self) -> str:
         """``WER <x>% CER <y>% RTFx <z>``."""
         return f"WER {self.rates.wer:.2f}% CER {self.rates.cer:.2f}% RTFx {self.rtfx:.1f}"
+
+    @property
+    def stages(self) -> dict[str, float]:
+        """Wall seconds per pipeline stage (``Transcript.timings.stages``), summed over the utterances."""
+        total: dict[str, float] = {}
+        for u in self.utterances:
+            for name, seconds in u.stages.items():
+                total[name] = total.get(name, 0.0) + seconds
+        return total
+
+    def stage_line(self, label: str) -> str:
+        """Where an utterance's time went, on average: ``<label>: features 10 ms, ..., denoise 294 ms; in all 460 ms``
+        (the rest of "in all" is decoding the file, splitting and reading the canvas back)."""
+        n = max(1, len(self.utterances))
+        parts = ", ".join(f"{name} {1000 * seconds / n:.0f} ms" for name, seconds in self.stages.items())
+        return f"time per utterance, {label}: {parts}; in all {1000 * self.processing_seconds / n:.0f} ms"
 
 
 def evaluate(
@@ -224,6 +241,7 @@ def evaluate(
                 hypothesis=transcript.text,
                 word_errors=single.word_errors if single else len(normalize(transcript.text).split()),
                 words=single.reference_words if single else 0,
+                stages=dict(getattr(transcript.timings, "stages", {})),  # a stand-in transcriber may keep none
             )
         )
     rates = error_rates([r.reference for r in results], [r.hypothesis for r in results], normalize)
@@ -294,7 +312,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _as_json(r: StepsResult) -> dict:
-    return {"steps": r.steps, "wer": r.rates.wer, "cer": r.rates.cer, "rtfx": r.rtfx,
+    return {"steps": r.steps, "wer": r.rates.wer, "cer": r.rates.cer, "rtfx": r.rtfx, "stages": r.stages,
             "utterances": [u.__dict__ for u in r.utterances]}  # fmt: skip
 
 
@@ -348,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
             ),
             encoding="utf-8",
         )
+    for label, r in ([("CTC head", ctc)] if ctc else []) + [(f"{r.steps} steps", r) for r in results]:
+        if r.stages:
+            print(r.stage_line(label))
     if ctc:
         print(f"CTC head, greedy (no denoising): {ctc.summary()}")
     for r in results[:-1]:

@@ -148,6 +148,15 @@ def test_cli_last_line_with_tiny_random(clips, capsys, tmp_path):
     assert lines[-1] == f"WER {report['results'][-1]['wer']:.2f}% CER {report['results'][-1]['cer']:.2f}% " + (
         f"RTFx {report['results'][-1]['rtfx']:.1f}"
     )
+    # where the time went: one line per configuration, from the transcripts' own stage timings
+    stage_lines = [line for line in lines if line.startswith("time per utterance")]
+    assert [line.split(":")[0] for line in stage_lines] == [
+        "time per utterance, CTC head", "time per utterance, 1 steps", "time per utterance, 2 steps"
+    ]  # fmt: skip
+    assert "ctc" in stage_lines[0] and "denoise" not in stage_lines[0] and "denoise" in stage_lines[-1]
+    last = report["results"][-1]
+    assert {"features", "encoder+projector", "prefill", "denoise"} <= set(last["stages"])
+    assert 0 < sum(last["stages"].values()) <= sum(u["processing"] for u in last["utterances"])
 
 
 def test_cli_reports_a_bad_manifest(tmp_path, capsys):
