@@ -28,6 +28,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--start", choices=STARTS, default="noise",
                    help="the first canvas: uniform random tokens (default) or, for models with an aligned canvas such "
                    "as mini, the CTC head's reading, which the denoiser refines (better in 1-2 steps)")  # fmt: skip
+    p.add_argument("--ctc-weight", type=float, default=0.0,
+                   help="for models with an aligned canvas such as mini: read the final canvas jointly with the CTC "
+                   "head, argmax of the denoiser's log-probabilities + this weight x the head's (2 is best for mini; "
+                   "default 0: the denoiser's own argmax)")  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible output")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--format", choices=FORMATS, default="txt", help="output format (default txt)")
@@ -57,13 +61,17 @@ def main(argv: list[str] | None = None) -> int:
         except ModelLoadError as exc2:
             print(f"error: cannot load {FALLBACK_MODEL} either: {exc2}", file=sys.stderr)
             return 2
-    if args.start == "ctc" and pipe.model.canvas != "aligned":
-        print(f"error: --start ctc needs a model with an aligned canvas (mini); {pipe.name} has a packed one",
+    asked = [name for name, on in (("--start ctc", args.start == "ctc"), ("--ctc-weight", args.ctc_weight > 0)) if on]
+    if asked and pipe.model.canvas != "aligned":
+        print(f"error: {' and '.join(asked)} needs a model with an aligned canvas (mini); {pipe.name} has a packed one",
               file=sys.stderr)  # fmt: skip
         return 2
     from .decoding import DenoiseOptions
 
-    options = DenoiseOptions(steps=args.steps, start=args.start)
+    try:
+        options = DenoiseOptions(steps=args.steps, start=args.start, ctc_weight=args.ctc_weight)
+    except ValueError as exc:
+        parser().error(str(exc))
     failed = 0
     for path in args.audio:
         try:

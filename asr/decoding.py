@@ -43,6 +43,10 @@ class DenoiseOptions:
     # the CTC head's best path laid out as the canvas is trained (each emitted token at its first slot, pad elsewhere),
     # which the denoiser then refines.
     start: str = "noise"
+    # For models with an aligned canvas: > 0 reads the final canvas jointly with the CTC head, argmax over
+    # log softmax(last step's logits) + ctc_weight * log softmax(CTC head) per position (fuse_ctc); 0: the last
+    # step's argmax, as generate().
+    ctc_weight: float = 0.0
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
@@ -51,6 +55,8 @@ class DenoiseOptions:
             raise ValueError(f"start must be one of {STARTS}, got {self.start!r}")
         if not 0 <= self.t_min < self.t_max:
             raise ValueError(f"need 0 <= t_min < t_max, got {self.t_min}, {self.t_max}")
+        if not 0 <= self.ctc_weight < float("inf"):
+            raise ValueError(f"ctc_weight must be a finite number >= 0, got {self.ctc_weight!r}")
 
 
 @dataclass
@@ -58,6 +64,7 @@ class DenoiseResult:
     tokens: torch.Tensor  # (B, canvas) the final argmax canvas
     steps_run: int
     trace: list[StepTrace] | None  # one per batch row, on the host
+    logits: torch.Tensor | None = None  # (B, canvas, vocab) each row's last logits (before temperature), if kept
 
 
 StepFn = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -109,12 +116,14 @@ def denoise(
     step: StepFn | None = None,
     canvas_length: int | None = None,
     initial: torch.Tensor | None = None,
+    keep_logits: bool = False,
 ) -> DenoiseResult:
     """Denoise one canvas per batch row, attending to the prefilled prompt ``cache`` of ``prompt_length`` tokens.
 
     ``step`` runs the decoder (default :func:`eager_step`; :mod:`asr.fast` passes a CUDA-graph replay).
     ``canvas_length``: the canvas's positions (default the model's ``config.canvas_length``; ``step`` must match).
     ``initial``: the first canvas (batch, canvas_length) instead of uniform random tokens (``DenoiseOptions.start``).
+    ``keep_logits``: return each row's last logits (``DenoiseResult.logits``; one more full-vocabulary tensor).
     """
     config = backbone.config
     vocab, canvas_length = config.text_config.vocab_size, canvas_length or config.canvas_length
@@ -145,12 +154,15 @@ def denoise(
     embed_dtype = backbone.model.decoder.embed_tokens.weight.dtype
 
     steps_run = 0
+    last_logits = None
     for remaining in range(options.steps, 0, -1):
         # Full-vocabulary tensors (batch x canvas x 262144) dominate the memory of a step: each is dropped as soon
         # as it has served (the previous step's logits too, unless rows that have stopped need them), and the
         # probabilities (sample) and the library's entropies (sampler, stopping rule) are computed a row at a time.
         any_finished = stoppers is not None and bool(finished.any())  # waited for at the previous step's end
         logits = step(canvas, self_conditioning)
+        if keep_logits:  # rows that stopped earlier keep the logits of their last step
+            last_logits = torch.where(finished[:, None, None], last_logits, logits) if any_finished else logits
         if not any_finished:
             self_conditioning = None
         scaled = temperature(None, logits, cur_step=remaining)
@@ -175,7 +187,17 @@ def denoise(
         if stoppers is not None and bool(finished.all()):
             break
     trace = rec.to_host(steps_run) if rec is not None else None
-    return DenoiseResult(tokens=argmax, steps_run=steps_run, trace=trace)
+    return DenoiseResult(tokens=argmax, steps_run=steps_run, trace=trace, logits=last_logits)
+
+
+def fuse_ctc(logits: torch.Tensor, ctc_logits: torch.Tensor, weight: float) -> torch.Tensor:
+    """Joint reading of an aligned canvas (``DenoiseOptions.ctc_weight``): per position, the argmax of
+    ``log_softmax(logits) + weight * log_softmax(ctc_logits)``, where ``logits`` are the denoiser's last (B, canvas,
+    vocab) and ``ctc_logits`` the CTC head's over the same slots. As CTC/attention joint decoding, but per position:
+    canvas position i is audio slot i. ``mini``, 8 steps: WER 54.8 -> 51.8 % on real speech, 32.6 -> 29.8 % on
+    held-out Kokoro voices at weight 2 (train/results/cpu-x4 section 7)."""
+    joint = torch.log_softmax(logits.float(), dim=-1) + weight * torch.log_softmax(ctc_logits.float(), dim=-1)
+    return joint.argmax(dim=-1)
 
 
 def sample(

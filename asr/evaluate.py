@@ -199,15 +199,17 @@ def evaluate(
     progress: bool = False,
     ctc: bool = False,
     start: str = "noise",
+    ctc_weight: float = 0.0,
 ) -> StepsResult:
     """Transcribe every utterance with ``steps`` denoising steps and score the corpus. ``ctc``: score the CTC head's
     greedy transcripts instead (:meth:`asr.Pipeline.transcribe_ctc`; ``steps`` is then 0). ``start``: the first
-    canvas (``DenoiseOptions.start``)."""
+    canvas (``DenoiseOptions.start``); ``ctc_weight``: read the final canvas jointly with the CTC head
+    (``DenoiseOptions.ctc_weight``)."""
     import torch
 
     from .decoding import DenoiseOptions
 
-    options = None if ctc else DenoiseOptions(steps=steps, start=start)
+    options = None if ctc else DenoiseOptions(steps=steps, start=start, ctc_weight=ctc_weight)
 
     def transcribe(path: str):
         if ctc:
@@ -300,6 +302,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="denoising seed for every utterance (default 0)")
     p.add_argument("--start", choices=STARTS, default="noise", help="the first canvas: uniform random tokens "
                    "(noise, default) or the CTC head's reading (ctc; models with an aligned canvas)")  # fmt: skip
+    p.add_argument("--ctc-weight", type=float, default=0.0, help="read the final canvas jointly with the CTC head, "
+                   "with this weight (models with an aligned canvas; default 0: the denoiser's argmax)")  # fmt: skip
     p.add_argument("--language", default="en", help="en: Whisper's English normaliser; else the basic one")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--limit", type=int, default=None, help="only the first N utterances")
@@ -347,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
             print(format_table(ctc, base=args.manifest.parent))
     results = []
     for steps in args.steps:
-        result = evaluate(pipe, utterances, steps, args.seed, args.language, progress=not args.quiet, start=args.start)
+        result = evaluate(pipe, utterances, steps, args.seed, args.language, progress=not args.quiet, start=args.start,
+                          ctc_weight=args.ctc_weight)  # fmt: skip
         results.append(result)
         if not args.quiet:
             print(format_table(result, base=args.manifest.parent))
@@ -359,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
                     "manifest": str(args.manifest),
                     "seed": args.seed,
                     "start": args.start,
+                    "ctc_weight": args.ctc_weight,
                     "results": [_as_json(r) for r in results],
                     "ctc": _as_json(ctc) if ctc else None,
                 },

@@ -197,9 +197,11 @@ def denoise(
     record: bool = True,
     use_graph: bool | None = None,
     initial: torch.Tensor | None = None,
+    keep_logits: bool = False,
 ) -> DenoiseResult:
     """:func:`asr.decoding.denoise`, with each decoder step run by a :class:`StepRunner` (same results)."""
     runner = step_runner(backbone, cache, prompt_length, batch_size, use_graph)
     return decoding.denoise(
-        backbone, cache, prompt_length, batch_size, options, generator, record, step=runner, initial=initial
-    )
+        backbone, cache, prompt_length, batch_size, options, generator, record, step=runner, initial=initial,
+        keep_logits=keep_logits,
+    )  # fmt: skip

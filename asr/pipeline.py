@@ -15,7 +15,7 @@ import torch
 
 from . import audio as A
 from . import fast
-from .decoding import DenoiseOptions, ctc_canvas, ctc_collapse, ctc_word_slots, denoise, trim_tokens
+from .decoding import DenoiseOptions, ctc_canvas, ctc_collapse, ctc_word_slots, denoise, fuse_ctc, trim_tokens
 from .model import WHISPER_FRAME_RATE, SpeechModel
 from .transcript import Segment, Timings, Transcript, Word
 
@@ -206,13 +206,24 @@ class Pipeline:
             initial = None
             if options.start == "ctc":
                 initial = self._timed(stages, "ctc", lambda: self._ctc_start(audio_embeds, length))
+            if options.ctc_weight > 0:
+                self._require_aligned("ctc_weight > 0")
             result = self._timed(
                 stages, "denoise",
-                lambda: run(embeds.shape[1], len(spans), options, generator, record=record_steps, initial=initial),
+                lambda: run(embeds.shape[1], len(spans), options, generator, record=record_steps, initial=initial,
+                            keep_logits=options.ctc_weight > 0),
             )  # fmt: skip
+            final = result.tokens
+            if options.ctc_weight > 0:  # the final canvas read jointly with the CTC head over the same slots
+
+                def joint() -> torch.Tensor:
+                    ctc_logits = self.model.ctc_logits(audio_embeds[:, : final.shape[1]])
+                    return fuse_ctc(result.logits, ctc_logits, options.ctc_weight)
+
+                final = self._timed(stages, "ctc", joint)
         segments = []
         for i, span in enumerate(spans):
-            canvas = result.tokens[i].tolist()
+            canvas = final[i].tolist()
             tokens = self._content(canvas)
             trace = result.trace[i] if result.trace is not None else None
             words = self._words(canvas, span) if self.model.canvas == "aligned" else []
@@ -223,11 +234,14 @@ class Pipeline:
     def _ctc_start(self, audio_embeds: torch.Tensor, length: int) -> torch.Tensor:
         """``DenoiseOptions(start="ctc")``'s first canvas: the CTC head's best path as an aligned canvas (pad past the
         audio's slots), ``length`` positions."""
-        if self.model.canvas != "aligned":
-            raise ValueError('start="ctc" needs a model with an aligned canvas (one position per audio slot)')
+        self._require_aligned('start="ctc"')
         pad = self.model.prompt.pad_id
         canvas = ctc_canvas(self._ctc_path(audio_embeds), blank=pad)[:, :length]
         return torch.nn.functional.pad(canvas, (0, length - canvas.shape[1]), value=pad)
+
+    def _require_aligned(self, what: str) -> None:
+        if self.model.canvas != "aligned":
+            raise ValueError(f"{what} needs a model with an aligned canvas (one position per audio slot)")
 
     def _ctc_path(self, audio_embeds: torch.Tensor) -> torch.Tensor:
         """The CTC head's greedy best path: one id per audio slot, (batch, slots)."""

@@ -11,7 +11,16 @@ import torch
 from conftest import with_pauses
 
 from asr import audio as A
-from asr.decoding import DenoiseOptions, ctc_canvas, ctc_collapse, ctc_word_slots, denoise, eager_step, sample
+from asr.decoding import (
+    DenoiseOptions,
+    ctc_canvas,
+    ctc_collapse,
+    ctc_word_slots,
+    denoise,
+    eager_step,
+    fuse_ctc,
+    sample,
+)
 from asr.loading import build_tiny
 from asr.pipeline import Pipeline
 
@@ -166,6 +175,43 @@ def test_options_validate():
         DenoiseOptions(t_min=0.9, t_max=0.5)
     with pytest.raises(ValueError, match="start"):
         DenoiseOptions(start="silence")
+    for weight in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="ctc_weight"):
+            DenoiseOptions(ctc_weight=weight)
+
+
+def test_kept_logits_are_the_last_steps_and_change_nothing_else(stack):
+    """keep_logits returns the logits the last step computed: re-running the decoder on the last recorded input
+    canvas with the previous step's logits as self-conditioning gives them again."""
+    batch, steps = 2, 3
+    cache, _, _, prompt_len = _prefilled(stack, batch, seed=21)
+    options = DenoiseOptions(steps=steps, early_stop=False)
+    args = (stack.backbone, cache, prompt_len, batch, options)
+    plain = denoise(*args, torch.Generator().manual_seed(4))
+    kept = denoise(*args, torch.Generator().manual_seed(4), keep_logits=True)
+    assert plain.logits is None and torch.equal(kept.tokens, plain.tokens)
+    assert kept.logits.shape == (batch, stack.canvas_length, stack.backbone.config.text_config.vocab_size)
+    assert torch.equal(kept.logits.argmax(-1), kept.tokens)  # the final canvas is their argmax
+    canvases = [torch.as_tensor(np.stack([t.canvas[k] for t in kept.trace])).long() for k in range(steps)]
+    step = eager_step(stack.backbone, cache, prompt_len, batch)
+    with torch.no_grad():
+        logits = None
+        for k, canvas in enumerate(canvases):  # the recorded inputs, each step conditioned on the one before,
+            # scaled by that step's temperature (t_max at the first, which has steps remaining)
+            previous_t = options.t_min + (options.t_max - options.t_min) * (steps - k + 1) / steps
+            logits = step(canvas, None if logits is None else logits / previous_t)
+    torch.testing.assert_close(kept.logits, logits)
+
+
+def test_fuse_ctc_adds_the_two_heads_log_probabilities():
+    denoiser = torch.log(torch.tensor([[[0.6, 0.3, 0.1], [0.5, 0.1, 0.4]]]))
+    ctc = torch.log(torch.tensor([[[0.2, 0.7, 0.1], [0.1, 0.2, 0.7]]]))
+    assert fuse_ctc(denoiser, ctc, 0.0).tolist() == [[0, 0]]  # the denoiser alone
+    assert fuse_ctc(denoiser, ctc, 100.0).tolist() == [[1, 2]]  # the CTC head alone
+    # weight 1: position 0: 0.6*0.2=.12, 0.3*0.7=.21, .01 -> 1; position 1: .05, .02, .28 -> 2
+    assert fuse_ctc(denoiser, ctc, 1.0).tolist() == [[1, 2]]
+    # weight 0.5: position 0: 0.6*sqrt(.2)=.268 > 0.3*sqrt(.7)=.251 -> 0; position 1: .158, .045, .335 -> 2
+    assert fuse_ctc(denoiser, ctc, 0.5).tolist() == [[0, 2]]
 
 
 def test_an_initial_canvas_is_the_first_step_input(stack):

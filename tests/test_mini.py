@@ -59,6 +59,30 @@ def test_mini_starts_from_its_ctc_reading_when_asked(capsys):
     assert "--start ctc needs a model with an aligned canvas" in capsys.readouterr().err
 
 
+def test_mini_reads_its_final_canvas_jointly_with_the_ctc_head_when_asked(capsys):
+    """DenoiseOptions(ctc_weight): weight 0 is the plain transcript; a huge weight leaves the CTC head alone, so the
+    text is transcribe_ctc's; the packed tiny model refuses it, in the API and the CLI."""
+    from asr.cli import main
+    from asr.decoding import DenoiseOptions
+
+    pipe = asr.load("mini", device="cpu")
+    clip = str(read_manifest(EXAMPLES)[1].audio)
+    plain = pipe.transcribe(clip, seed=0, options=DenoiseOptions(steps=4)).text
+    assert pipe.transcribe(clip, seed=0, options=DenoiseOptions(steps=4, ctc_weight=0.0)).text == plain
+    head = pipe.transcribe(clip, seed=0, options=DenoiseOptions(steps=4, ctc_weight=1e6))
+    assert head.text == pipe.transcribe_ctc(clip).text and head.text != plain
+    assert len(head.segments[0].steps) == 4  # the denoising and its record are unchanged
+    joint = pipe.transcribe(clip, seed=0, options=DenoiseOptions(steps=4, ctc_weight=2.0)).text
+    capsys.readouterr()
+    argv = [clip, "--model", "mini", "--ctc-weight", "2", "--steps", "4", "--seed", "0", "--device", "cpu"]
+    assert main(argv) == 0 and capsys.readouterr().out.strip() == joint.strip()
+    tiny = asr.load("tiny-random", device="cpu")
+    with pytest.raises(ValueError, match="aligned canvas"):
+        tiny.transcribe(clip, seed=0, options=DenoiseOptions(steps=1, ctc_weight=2.0))
+    assert main([clip, "--model", "tiny-random", "--ctc-weight", "2", "--device", "cpu"]) == 2
+    assert "--ctc-weight needs a model with an aligned canvas" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("reading", ["denoise", "ctc"])
 def test_mini_word_timestamps_follow_the_speech(reading):
     """Two example clips with 1.5 s of silence between them: every word lies inside the speech of one clip (the
