@@ -127,6 +127,10 @@ class Pipeline:
         Raises :class:`asr.AudioError` for unusable input.
         """
         options = options or DenoiseOptions(steps=steps)  # full sampler settings, when given, win over steps=
+        if options.start == "ctc":  # refused before any audio is decoded or encoded
+            self._require_aligned('start="ctc"')
+        if options.ctc_weight > 0:
+            self._require_aligned("ctc_weight > 0")
         seed = secrets.randbits(31) if seed is None else int(seed)
         generator = torch.Generator(device=self.device).manual_seed(seed)
 
@@ -206,8 +210,6 @@ class Pipeline:
             initial = None
             if options.start == "ctc":
                 initial = self._timed(stages, "ctc", lambda: self._ctc_start(audio_embeds, length))
-            if options.ctc_weight > 0:
-                self._require_aligned("ctc_weight > 0")
             result = self._timed(
                 stages, "denoise",
                 lambda: run(embeds.shape[1], len(spans), options, generator, record=record_steps, initial=initial,
@@ -233,8 +235,7 @@ class Pipeline:
 
     def _ctc_start(self, audio_embeds: torch.Tensor, length: int) -> torch.Tensor:
         """``DenoiseOptions(start="ctc")``'s first canvas: the CTC head's best path as an aligned canvas (pad past the
-        audio's slots), ``length`` positions."""
-        self._require_aligned('start="ctc"')
+        audio's slots), ``length`` positions (:meth:`transcribe` has checked that the canvas is aligned)."""
         pad = self.model.prompt.pad_id
         canvas = ctc_canvas(self._ctc_path(audio_embeds), blank=pad)[:, :length]
         return torch.nn.functional.pad(canvas, (0, length - canvas.shape[1]), value=pad)
