@@ -359,7 +359,8 @@ def transcript_dict(transcript: asr.Transcript, steps: bool, pipe: asr.Pipeline 
     """The JSON the API returns: :meth:`asr.Transcript.to_dict` plus ``steps_run`` per segment.
 
     With ``steps=True`` each step also carries ``draft_text`` (its argmax canvas decoded, as the transcript would
-    read if denoising stopped there), ``token_pieces`` maps every token id in the record to its text, and
+    read if denoising stopped there), each segment read jointly with the CTC head (``ctc_weight`` > 0: ``mini``) the
+    ``final_canvas`` its text was read from, ``token_pieces`` maps every token id in the record to its text, and
     ``token_names`` gives the vocabulary entry of the ids whose text alone is empty or not valid UTF-8.
     """
     out = transcript.to_dict(steps=steps)
@@ -371,6 +372,7 @@ def transcript_dict(transcript: asr.Transcript, steps: bool, pipe: asr.Pipeline 
                 step["draft_text"] = pipe.decode(step["argmax"])
             for name in ("canvas", "sampled", "argmax"):
                 ids.update(int(i) for i in np.unique(getattr(seg.steps, name)))
+            ids.update(int(i) for i in seg.final_canvas or [])  # the joint reading with the CTC head
     if steps and pipe is not None:
         ordered = sorted(ids)
         pieces = pipe.token_strings(ordered)
@@ -405,6 +407,8 @@ def _timing_text(result: dict) -> str:
         f"{result.get('steps')} steps",
         f"seed {result.get('seed')}",
     ]
+    if result.get("ctc_weight"):
+        parts.append(f"read jointly with the CTC head (weight {result['ctc_weight']:g})")
     return " · ".join(parts)
 
 
@@ -522,6 +526,9 @@ PLAYER_CSS = """
 .dv .dv-chart span { flex: 1; min-width: 3px; border-radius: 2px 2px 0 0; background: #a5b4fc; cursor: pointer;
   opacity: .75; }
 .dv .dv-chart span.cur { background: #4f46e5; opacity: 1; }
+.dv .dv-chart span.joint { background: #f9a8d4; }
+.dv .dv-chart span.joint.cur { background: #db2777; }
+.dv .tok.chg { border-color: #db2777; box-shadow: 0 0 0 2px rgba(219,39,119,.35); }
 .dv .dv-canvas { display: flex; flex-wrap: wrap; gap: 4px; line-height: 1.15; }
 .dv .tok { display: inline-flex; flex-direction: column; align-items: stretch; border-radius: 6px;
   border: 2px solid hsl(var(--h) 55% 38%); background: hsl(var(--h) 80% 88%); color: #111827; min-width: 18px;
@@ -575,7 +582,8 @@ function plain(id) {
   return (p === undefined ? '' : JSON.stringify(p)) + (name !== undefined ? ' (token ' + name + ')' : '') + ' #' + id;
 }
 function segments() { return (data && data.segments) ? data.segments.filter((s) => s.steps && s.steps.length) : []; }
-function frames() { const s = segments()[seg]; return s ? s.steps.length : 0; }
+// a segment read jointly with the CTC head (ctc_weight > 0) gets one more frame after its last step: that reading
+function frames() { const s = segments()[seg]; return s ? s.steps.length + (s.final_canvas ? 1 : 0) : 0; }
 function stop() { if (timer) { clearInterval(timer); timer = null; } const b = root.querySelector('.dv-play');
   if (b) b.textContent = '▶ Play'; }
 function play() {
@@ -585,12 +593,32 @@ function play() {
   timer = setInterval(() => { if (frame >= frames() - 1) { stop(); return; } frame += 1; draw(); }, 450 / speed);
   draw();
 }
+function drawJoint(s) {
+  const st = s.steps[s.steps.length - 1]; const fin = s.final_canvas; const L = fin.length; let changed = 0;
+  const cells = [];
+  for (let p = 0; p < L; p++) {
+    const c = fin[p] !== st.argmax[p]; changed += c ? 1 : 0;
+    const h = Math.round(8 + 130 * Math.max(0, Math.min(1, Number(st.confidence[p]))));
+    const tip = 'position ' + p + '\nlast step\'s draft: ' + plain(st.argmax[p]) + '\njoint reading: ' + plain(fin[p]) +
+      (c ? '\nchanged by the CTC head' : '\nas the last draft');
+    cells.push('<span class="tok acc' + (c ? ' chg' : '') + '" style="--h:' + h + '" title="' + esc(tip) + '">' +
+      '<span class="in">' + piece(st.argmax[p]) + '</span><span class="out">' + piece(fin[p]) + '</span></span>');
+  }
+  root.querySelector('.dv-label').textContent = 'Joint reading';
+  root.querySelector('.dv-canvas').innerHTML = cells.join('');
+  root.querySelector('.dv-stats').textContent = 'the last step\'s log-probabilities + ' + data.ctc_weight +
+    ' × the CTC head\'s, per position (small grey line: the last draft) · ' + changed + ' of ' + L +
+    ' positions changed · this reading is the transcript';
+  root.querySelector('.dv-draft').innerHTML = '<b>Transcript</b>' + (s.text ? esc(s.text) : '<i>(empty)</i>');
+}
 function draw() {
   const segs = segments(); const s = segs[seg]; if (!s) return;
-  const n = s.steps.length; frame = Math.max(0, Math.min(frame, n - 1));
-  const st = s.steps[frame];
+  const n = s.steps.length; frame = Math.max(0, Math.min(frame, frames() - 1));
   root.dataset.frame = String(frame);
   root.querySelector('.dv-scrub').value = String(frame);
+  root.querySelectorAll('.dv-chart span').forEach((b, i) => b.classList.toggle('cur', i === frame));
+  if (frame === n) { drawJoint(s); return; }
+  const st = s.steps[frame];
   root.querySelector('.dv-label').textContent = 'Step ' + (frame + 1) + ' / ' + n;
   const L = st.argmax.length; let acc = 0, conf = 0;
   const cells = [];
@@ -607,11 +635,12 @@ function draw() {
   root.querySelector('.dv-canvas').innerHTML = cells.join('');
   root.querySelector('.dv-stats').textContent = 'temperature ' + Number(st.temperature).toFixed(2) + ' · accepted ' +
     acc + ' / ' + L + ' (' + Math.round(100 * acc / Math.max(1, L)) + '%) · mean confidence ' +
-    (conf / Math.max(1, L)).toFixed(3) + (frame === n - 1 ? ' · final step: this draft is the transcript' : '');
+    (conf / Math.max(1, L)).toFixed(3) + (frame < n - 1 ? '' : s.final_canvas ?
+      ' · final step: the transcript reads this draft jointly with the CTC head (next frame)' :
+      ' · final step: this draft is the transcript');
   const draft = st.draft_text !== undefined ? st.draft_text : '';
-  const title = frame === n - 1 ? 'Transcript' : 'Draft after step ' + (frame + 1);
+  const title = frame === n - 1 && !s.final_canvas ? 'Transcript' : 'Draft after step ' + (frame + 1);
   root.querySelector('.dv-draft').innerHTML = '<b>' + title + '</b>' + (draft ? esc(draft) : '<i>(empty)</i>');
-  root.querySelectorAll('.dv-chart span').forEach((b, i) => b.classList.toggle('cur', i === frame));
 }
 function build() {
   stop();
@@ -625,7 +654,7 @@ function build() {
     return;
   }
   seg = Math.min(seg, segs.length - 1); frame = 0;
-  const n = segs[seg].steps.length;
+  const n = frames(); const joint = !!segs[seg].final_canvas;
   root.dataset.frames = String(n);
   const segOptions = segs.map((s, i) => '<option value="' + i + '">segment ' + (i + 1) + ' (' +
     Number(s.start).toFixed(1) + '–' + Number(s.end).toFixed(1) + ' s)</option>').join('');
@@ -633,7 +662,8 @@ function build() {
     const a = st.accepted.filter(Boolean).length / Math.max(1, st.accepted.length);
     return '<span data-i="' + i + '" title="step ' + (i + 1) + ': ' + Math.round(100 * a) +
       '% accepted" style="height:' + Math.max(6, Math.round(100 * a)) + '%"></span>';
-  }).join('');
+  }).join('') + (joint ? '<span data-i="' + (n - 1) + '" class="joint" title="the final canvas read jointly with the' +
+    ' CTC head" style="height:100%"></span>' : '');
   root.innerHTML =
     '<div class="dv-bar">' +
       '<button class="dv-play" title="play / pause (space)">▶ Play</button>' +
@@ -652,6 +682,8 @@ function build() {
       '<span><span class="tok acc" style="--h:120"><span class="out">tok</span></span> accepted (kept)</span>' +
       '<span><span class="tok ren" style="--h:30"><span class="out">tok</span></span> re-noised</span>' +
       '<span>small grey line: the canvas the model was given at this step (step 1: uniform random tokens)</span>' +
+      (joint ? '<span><span class="tok acc chg" style="--h:120"><span class="out">tok</span></span> changed by the ' +
+        'joint reading with the CTC head (last frame)</span>' : '') +
     '</div>' +
     '<div class="dv-stats"></div>' +
     '<div class="dv-chart-label">positions accepted at each step (click a bar to jump there)</div>' +
@@ -731,6 +763,9 @@ ABOUT = """
 3. The transcript canvas starts as **uniform random tokens**. At every step the model predicts every position at once;
    confident predictions are **accepted**, the others are **re-noised** (replaced by random tokens) and predicted again.
 4. Denoising stops after the chosen number of steps, or earlier once the draft is stable and confident.
+5. The small model `mini` (what serves without a GPU) reads the final canvas jointly with its CTC head: per position,
+   the denoiser's log-probabilities plus twice the head's (the visualiser's last frame shows it). The real model reads
+   the last draft as it is.
 
 The same seed gives the same transcript. Silence is answered with *no speech detected* rather than invented text.
 

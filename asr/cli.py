@@ -28,10 +28,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--start", choices=STARTS, default="noise",
                    help="the first canvas: uniform random tokens (default) or, for models with an aligned canvas such "
                    "as mini, the CTC head's reading, which the denoiser refines (better in 1-2 steps)")  # fmt: skip
-    p.add_argument("--ctc-weight", type=float, default=0.0,
+    p.add_argument("--ctc-weight", type=float, default=None,
                    help="for models with an aligned canvas such as mini: read the final canvas jointly with the CTC "
-                   "head, argmax of the denoiser's log-probabilities + this weight x the head's (2 is best for mini; "
-                   "default 0: the denoiser's own argmax)")  # fmt: skip
+                   "head, argmax of the denoiser's log-probabilities + this weight x the head's; 0: the denoiser's own "
+                   "argmax (default: the model's own setting; mini: 2, its most accurate)")  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible output")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--format", choices=FORMATS, default="txt", help="output format (default txt)")
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         except ModelLoadError as exc2:
             print(f"error: cannot load {FALLBACK_MODEL} either: {exc2}", file=sys.stderr)
             return 2
-    asked = [name for name, on in (("--start ctc", args.start == "ctc"), ("--ctc-weight", args.ctc_weight > 0)) if on]
+    asked = [name for name, on in (("--start ctc", args.start == "ctc"), ("--ctc-weight", (args.ctc_weight or 0) > 0)) if on]
     if asked and pipe.model.canvas != "aligned":
         print(f"error: {' and '.join(asked)} needs a model with an aligned canvas (mini); {pipe.name} has a packed one",
               file=sys.stderr)  # fmt: skip

@@ -45,8 +45,8 @@ class DenoiseOptions:
     start: str = "noise"
     # For models with an aligned canvas: > 0 reads the final canvas jointly with the CTC head, argmax over
     # log softmax(last step's logits) + ctc_weight * log softmax(CTC head) per position (fuse_ctc); 0: the last
-    # step's argmax, as generate().
-    ctc_weight: float = 0.0
+    # step's argmax, as generate(); None: the model's own default (SpeechModel.ctc_weight, read by Pipeline).
+    ctc_weight: float | None = None
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
@@ -55,7 +55,7 @@ class DenoiseOptions:
             raise ValueError(f"start must be one of {STARTS}, got {self.start!r}")
         if not 0 <= self.t_min < self.t_max:
             raise ValueError(f"need 0 <= t_min < t_max, got {self.t_min}, {self.t_max}")
-        if not 0 <= self.ctc_weight < float("inf"):
+        if self.ctc_weight is not None and not 0 <= self.ctc_weight < float("inf"):
             raise ValueError(f"ctc_weight must be a finite number >= 0, got {self.ctc_weight!r}")
 
 

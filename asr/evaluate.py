@@ -199,12 +199,12 @@ def evaluate(
     progress: bool = False,
     ctc: bool = False,
     start: str = "noise",
-    ctc_weight: float = 0.0,
+    ctc_weight: float | None = None,
 ) -> StepsResult:
     """Transcribe every utterance with ``steps`` denoising steps and score the corpus. ``ctc``: score the CTC head's
     greedy transcripts instead (:meth:`asr.Pipeline.transcribe_ctc`; ``steps`` is then 0). ``start``: the first
     canvas (``DenoiseOptions.start``); ``ctc_weight``: read the final canvas jointly with the CTC head
-    (``DenoiseOptions.ctc_weight``)."""
+    (``DenoiseOptions.ctc_weight``; None: the model's own setting)."""
     import torch
 
     from .decoding import DenoiseOptions
@@ -302,8 +302,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="denoising seed for every utterance (default 0)")
     p.add_argument("--start", choices=STARTS, default="noise", help="the first canvas: uniform random tokens "
                    "(noise, default) or the CTC head's reading (ctc; models with an aligned canvas)")  # fmt: skip
-    p.add_argument("--ctc-weight", type=float, default=0.0, help="read the final canvas jointly with the CTC head, "
-                   "with this weight (models with an aligned canvas; default 0: the denoiser's argmax)")  # fmt: skip
+    p.add_argument("--ctc-weight", type=float, default=None, help="read the final canvas jointly with the CTC head, "
+                   "with this weight (models with an aligned canvas); 0: the denoiser's argmax (default: the model's "
+                   "own setting; mini: 2)")  # fmt: skip
     p.add_argument("--language", default="en", help="en: Whisper's English normaliser; else the basic one")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--limit", type=int, default=None, help="only the first N utterances")
@@ -343,7 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     except ModelLoadError as exc:
         print(f"error: cannot load {args.model}: {exc}", file=sys.stderr)
         return 2
-    print(f"model {pipe.name} on {pipe.device}, loaded in {load_s:.2f} s; {len(utterances)} utterances")
+    weight = pipe.model.ctc_weight if args.ctc_weight is None else args.ctc_weight
+    reading = f"read jointly with the CTC head, weight {weight:g}" if weight > 0 else "the denoiser's argmax"
+    print(f"model {pipe.name} on {pipe.device}, loaded in {load_s:.2f} s; {len(utterances)} utterances; final canvas: "
+          f"{reading}")  # fmt: skip
     ctc = None
     if args.ctc:
         ctc = evaluate(pipe, utterances, 0, args.seed, args.language, progress=not args.quiet, ctc=True)
@@ -364,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                     "manifest": str(args.manifest),
                     "seed": args.seed,
                     "start": args.start,
-                    "ctc_weight": args.ctc_weight,
+                    "ctc_weight": weight,
                     "results": [_as_json(r) for r in results],
                     "ctc": _as_json(ctc) if ctc else None,
                 },

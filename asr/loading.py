@@ -240,8 +240,11 @@ def load_small_model(folder: Path, canvas_length: int | None = None):
         raise ModelLoadError(f"the small model in {folder} is incomplete or unreadable: {exc}") from exc
     backbone.config.canvas_length = canvas_length or int(info.get("canvas_length", backbone.config.canvas_length))
     try:
-        speech = SpeechModel(whisper, projector, backbone, prompt, canvas=info.get("canvas", "packed"))
-    except (ProjectorLayoutError, ValueError) as exc:
+        speech = SpeechModel(
+            whisper, projector, backbone, prompt, canvas=info.get("canvas", "packed"),
+            ctc_weight=float(info.get("ctc_weight", 0.0)),
+        )  # fmt: skip
+    except (ProjectorLayoutError, ValueError, TypeError) as exc:
         raise AdapterError(f"{folder / SMALL_MODEL_INFO}: {exc}") from exc
     return speech, tokenizer, features
 

@@ -264,7 +264,11 @@ def encode_positions(whisper: WhisperEncoder, features: torch.Tensor, positions:
 
 class SpeechModel(nn.Module):
     """whisper encoder + projector + DiffusionGemma backbone (LoRA already injected, if any) + prompt format, and how
-    the canvas holds the transcript (``canvas``, one of ``CANVASES``)."""
+    the canvas holds the transcript (``canvas``, one of ``CANVASES``).
+
+    ``ctc_weight`` is how the model's transcripts are read by default (``DenoiseOptions(ctc_weight=None)``): 0 takes
+    the last step's argmax; > 0, for an aligned canvas, reads it jointly with the CTC head (``decoding.fuse_ctc``).
+    A small model's ``speech.json`` records it (``mini``: 2, the best weight measured for it)."""
 
     def __init__(
         self,
@@ -273,6 +277,7 @@ class SpeechModel(nn.Module):
         backbone: DiffusionGemmaForBlockDiffusion,
         prompt: PromptFormat,
         canvas: str = "packed",
+        ctc_weight: float = 0.0,
     ):
         super().__init__()
         self.whisper = whisper.eval().requires_grad_(False)
@@ -280,6 +285,11 @@ class SpeechModel(nn.Module):
         self.backbone = backbone
         self.prompt = prompt
         self.canvas = canvas
+        if not 0 <= ctc_weight < float("inf"):
+            raise ValueError(f"ctc_weight must be a finite number >= 0, got {ctc_weight!r}")
+        if ctc_weight > 0 and canvas != "aligned":
+            raise ValueError(f"ctc_weight > 0 needs an aligned canvas, not a {canvas} one")
+        self.ctc_weight = float(ctc_weight)
         hidden = backbone.config.text_config.hidden_size
         if projector.out_dim != hidden:
             raise ProjectorLayoutError(f"projector outputs {projector.out_dim} features, the backbone expects {hidden}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import secrets
@@ -127,6 +128,8 @@ class Pipeline:
         Raises :class:`asr.AudioError` for unusable input.
         """
         options = options or DenoiseOptions(steps=steps)  # full sampler settings, when given, win over steps=
+        if options.ctc_weight is None:  # the model's own reading (SpeechModel.ctc_weight)
+            options = dataclasses.replace(options, ctc_weight=self.model.ctc_weight)
         if options.start == "ctc":  # refused before any audio is decoded or encoded
             self._require_aligned('start="ctc"')
         if options.ctc_weight > 0:
@@ -138,7 +141,10 @@ class Pipeline:
             return self._transcribe_batch(wave, spans, options, generator, record_steps, stages)
 
         segments, timings = self._run(audio, sample_rate, batch_size, progress, denoise_batch)
-        return Transcript(segments=segments, timings=timings, model=self.name, steps=options.steps, seed=seed)
+        return Transcript(
+            segments=segments, timings=timings, model=self.name, steps=options.steps, seed=seed,
+            ctc_weight=options.ctc_weight,
+        )  # fmt: skip
 
     def transcribe_ctc(
         self,
@@ -218,11 +224,11 @@ class Pipeline:
             final = result.tokens
             if options.ctc_weight > 0:  # the final canvas read jointly with the CTC head over the same slots
 
-                def joint() -> torch.Tensor:
+                def read_jointly() -> torch.Tensor:
                     ctc_logits = self.model.ctc_logits(audio_embeds[:, : final.shape[1]])
                     return fuse_ctc(result.logits, ctc_logits, options.ctc_weight)
 
-                final = self._timed(stages, "ctc", joint)
+                final = self._timed(stages, "ctc", read_jointly)
         segments = []
         for i, span in enumerate(spans):
             canvas = final[i].tolist()
@@ -230,7 +236,10 @@ class Pipeline:
             trace = result.trace[i] if result.trace is not None else None
             words = self._words(canvas, span) if self.model.canvas == "aligned" else []
             text = self._text(tokens)
-            segments.append(Segment(span.start, span.end, text, tokens=tokens, steps=trace, words=words))
+            joint = canvas if options.ctc_weight > 0 and trace is not None else None  # the visualiser's last row
+            segments.append(
+                Segment(span.start, span.end, text, tokens=tokens, steps=trace, words=words, final_canvas=joint)
+            )
         return segments
 
     def _ctc_start(self, audio_embeds: torch.Tensor, length: int) -> torch.Tensor:

@@ -80,7 +80,9 @@ class Word:
 @dataclass
 class Segment:
     """A stretch of audio (at most 30 s) and its transcript. ``words`` has word timings where the model gives them
-    (an aligned canvas or the CTC head: one position per audio slot); it is empty for the packed canvas."""
+    (an aligned canvas or the CTC head: one position per audio slot); it is empty for the packed canvas.
+    ``final_canvas`` is the canvas the text was read from when that is not the last step's argmax (a joint reading
+    with the CTC head, ``DenoiseOptions.ctc_weight``), kept with the step record; else None."""
 
     start: float
     end: float
@@ -88,6 +90,7 @@ class Segment:
     tokens: list[int] = field(default_factory=list)
     steps: StepTrace | None = None
     words: list[Word] = field(default_factory=list)
+    final_canvas: list[int] | None = None
 
     def to_dict(self, steps: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -100,6 +103,8 @@ class Segment:
             out["words"] = [w.to_dict() for w in self.words]
         if steps and self.steps is not None:
             out["steps"] = [step.__dict__ for step in self.steps]
+            if self.final_canvas is not None:
+                out["final_canvas"] = list(self.final_canvas)
         return out
 
 
@@ -134,6 +139,7 @@ class Transcript:
     model: str = ""
     steps: int = 0
     seed: int | None = None
+    ctc_weight: float = 0.0  # > 0: the final canvases were read jointly with the CTC head (DenoiseOptions)
 
     @property
     def text(self) -> str:
@@ -152,6 +158,7 @@ class Transcript:
             "model": self.model,
             "steps": self.steps,
             "seed": self.seed,
+            "ctc_weight": self.ctc_weight,
             "timings": self.timings.to_dict(),
             "segments": [s.to_dict(steps=steps) for s in self.segments],
         }

@@ -119,6 +119,23 @@ def test_transcribe_with_steps_records_every_step(client, pipe, steps):
     assert np.array_equal(np.array(record["segments"][0]["steps"][0]["canvas"]), direct.segments[0].steps.canvas[0])
 
 
+def test_a_joint_reading_is_recorded_for_the_visualiser(app):
+    """mini reads its final canvas jointly with the CTC head: the record carries the weight and, per segment, the
+    canvas the text was read from (its tokens in token_pieces), and the timing line says how it was read."""
+    import asr
+
+    mini = asr.load("mini", device="cpu")
+    transcript = mini.transcribe(str(example_files()[0]), steps=4, seed=3)
+    record = app.transcript_dict(transcript, steps=True, pipe=mini)
+    assert record["ctc_weight"] == mini.model.ctc_weight > 0
+    for seg in record["segments"]:
+        final = seg["final_canvas"]
+        assert len(final) == len(seg["steps"][-1]["argmax"]) and mini.decode(final) == seg["text"]
+        assert all(str(t) in record["token_pieces"] for t in final)
+    assert "read jointly with the CTC head (weight 2)" in app.result_info(record)
+    assert "final_canvas" not in app.transcript_dict(transcript, steps=False, pipe=mini)["segments"][0]
+
+
 def test_compare_steps_runs_each_count_with_the_same_seed(client, pipe):
     path = example_files()[2]
     result = client.predict(_file(path), 6, [2, 4, 6, 12], 3, api_name="/compare_steps")

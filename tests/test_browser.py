@@ -8,6 +8,8 @@ is a failure.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -57,19 +59,26 @@ def browser(mic_wav):
             b.close()
 
 
-@pytest.fixture
-def page(browser, url):
+@contextlib.contextmanager
+def _open_page(browser, address: str):
+    """A page of the app at ``address``; JavaScript errors on it fail the test."""
     context = browser.new_context(viewport={"width": 1360, "height": 1000})
     context.grant_permissions(["microphone"])
     pg = context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
     pg.set_default_timeout(TIMEOUT_MS)
-    pg.goto(url)
+    pg.goto(address)
     pg.wait_for_selector("#upload-button")
     yield pg
     context.close()
     assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def page(browser, url):
+    with _open_page(browser, url) as pg:
+        yield pg
 
 
 def _open_tab(page, name: str) -> None:
@@ -181,6 +190,35 @@ def test_visualiser_replays_one_frame_per_step(page):
     page.locator("#vis-player button[data-act='prev']").click()
     page.locator("#vis-player button[data-act='prev']").click()
     page.screenshot(path=str(SHOTS / "visualiser.png"), full_page=True)
+
+
+def test_visualiser_ends_on_minis_joint_reading(browser, tmp_path):
+    """mini reads its final canvas jointly with the CTC head: the player gets one frame more than the steps, showing
+    that reading (the positions it changed marked) and the transcript; the last step is then a draft."""
+    app = import_app()
+    with gradio_temp_dir(tmp_path):
+        demo = app.build_demo(app.load_model("mini"), max_audio_seconds=60)
+        with serve(demo) as address, _open_page(browser, address) as page:
+            _open_tab(page, "Denoising visualiser")
+            page.set_input_files("#vis-audio input[type=file]", str(EXAMPLES / "quick_brown_fox.flac"))
+            _set_number(page, "#vis-steps", 4)
+            page.wait_for_timeout(300)
+            page.click("#vis-button")
+            page.wait_for_selector("#vis-player .dv[data-frames='5']")
+            assert page.locator("#vis-player .dv-chart span").count() == 5
+            assert page.locator("#vis-player .dv-chart span.joint").count() == 1
+            page.locator("#vis-player button[data-act='last']").click()
+            assert page.inner_text("#vis-player .dv-label") == "Joint reading"
+            assert "CTC head" in page.inner_text("#vis-player .dv-stats")
+            transcript = page.input_value("#vis-text textarea")
+            draft = page.inner_text("#vis-player .dv-draft")
+            assert draft.startswith("Transcript") and transcript.strip() in draft
+            changed = page.locator("#vis-player .dv-canvas .tok.chg").count()
+            assert f"{changed} of " in page.inner_text("#vis-player .dv-stats")
+            page.locator("#vis-player button[data-act='prev']").click()
+            assert page.inner_text("#vis-player .dv-label") == "Step 4 / 4"
+            assert page.inner_text("#vis-player .dv-draft").startswith("Draft after step 4")
+            page.screenshot(path=str(SHOTS / "visualiser-joint.png"), full_page=True)
 
 
 def test_about_tab_documents_the_api(page):

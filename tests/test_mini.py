@@ -59,24 +59,36 @@ def test_mini_starts_from_its_ctc_reading_when_asked(capsys):
     assert "--start ctc needs a model with an aligned canvas" in capsys.readouterr().err
 
 
-def test_mini_reads_its_final_canvas_jointly_with_the_ctc_head_when_asked(capsys):
-    """DenoiseOptions(ctc_weight): weight 0 is the plain transcript; a huge weight leaves the CTC head alone, so the
-    text is transcribe_ctc's; the packed tiny model refuses it, in the API and the CLI."""
+def test_mini_reads_its_final_canvas_jointly_with_the_ctc_head(capsys):
+    """DenoiseOptions(ctc_weight): weight 0 is the denoiser's own last argmax; a huge weight leaves the CTC head
+    alone, so the text is transcribe_ctc's; mini's default (speech.json: 2) is the joint reading, in the API and the
+    CLI, and its record keeps the canvas the text was read from. The packed tiny model refuses a weight."""
     from asr.cli import main
     from asr.decoding import DenoiseOptions
 
     pipe = asr.load("mini", device="cpu")
+    assert pipe.model.ctc_weight == 2.0
     clip = str(read_manifest(EXAMPLES)[1].audio)
-    plain = pipe.transcribe(clip, seed=0, options=DenoiseOptions(steps=4)).text
-    assert pipe.transcribe(clip, seed=0, options=DenoiseOptions(steps=4, ctc_weight=0.0)).text == plain
+    plain = pipe.transcribe(clip, seed=0, options=DenoiseOptions(steps=4, ctc_weight=0.0))
+    last = plain.segments[0].steps.argmax[-1].tolist()
+    assert plain.text == pipe.decode(last) and plain.segments[0].final_canvas is None and plain.ctc_weight == 0
     head = pipe.transcribe(clip, seed=0, options=DenoiseOptions(steps=4, ctc_weight=1e6))
-    assert head.text == pipe.transcribe_ctc(clip).text and head.text != plain
+    assert head.text == pipe.transcribe_ctc(clip).text and head.text != plain.text
     assert len(head.segments[0].steps) == 4  # the denoising and its record are unchanged
-    joint = pipe.transcribe(clip, seed=0, options=DenoiseOptions(steps=4, ctc_weight=2.0)).text
+    joint = pipe.transcribe(clip, seed=0, options=DenoiseOptions(steps=4, ctc_weight=2.0))
+    default = pipe.transcribe(clip, steps=4, seed=0)
+    assert default.text == joint.text and default.ctc_weight == 2.0
+    final = default.segments[0].final_canvas
+    assert final is not None and len(final) == len(last) and pipe.decode(final) == default.text
+    record = default.to_dict()
+    assert record["ctc_weight"] == 2.0 and record["segments"][0]["final_canvas"] == final
+    assert "final_canvas" not in default.to_dict(steps=False)["segments"][0]
     capsys.readouterr()
-    argv = [clip, "--model", "mini", "--ctc-weight", "2", "--steps", "4", "--seed", "0", "--device", "cpu"]
-    assert main(argv) == 0 and capsys.readouterr().out.strip() == joint.strip()
+    argv = [clip, "--model", "mini", "--steps", "4", "--seed", "0", "--device", "cpu"]
+    assert main(argv) == 0 and capsys.readouterr().out.strip() == joint.text.strip()
+    assert main([*argv, "--ctc-weight", "0"]) == 0 and capsys.readouterr().out.strip() == plain.text.strip()
     tiny = asr.load("tiny-random", device="cpu")
+    assert tiny.model.ctc_weight == 0 and tiny.transcribe(clip, steps=1, seed=0).ctc_weight == 0
     with pytest.raises(ValueError, match="aligned canvas"):
         tiny.transcribe(clip, seed=0, options=DenoiseOptions(steps=1, ctc_weight=2.0))
     assert main([clip, "--model", "tiny-random", "--ctc-weight", "2", "--device", "cpu"]) == 2

@@ -251,6 +251,18 @@ def test_aligned_small_model_trains_exports_transcribes_and_continues_aligned(ma
         T.build_model(dataclasses.replace(cfg, canvas="diagonal"))
     with pytest.raises(ValueError, match="needs --train all"):
         T.build_model(dataclasses.replace(cfg, train="projector+lora"))
+    # speech.json's ctc_weight is how the model's transcripts are read by default (an export has none: 0)
+    assert "ctc_weight" not in info and load_small_model(out / "model")[0].ctc_weight == 0
+    for weight, problem in ((1.5, None), (-1, "ctc_weight must be"), ("x", "could not convert")):
+        (out / "model" / "speech.json").write_text(json.dumps({**info, "ctc_weight": weight}))
+        if problem is None:
+            assert load_small_model(out / "model")[0].ctc_weight == 1.5
+        else:
+            with pytest.raises(asr.ModelLoadError, match=problem):
+                load_small_model(out / "model")
+    (out / "model" / "speech.json").write_text(json.dumps({**info, "canvas": "packed", "ctc_weight": 2}))
+    with pytest.raises(asr.ModelLoadError, match="needs an aligned canvas"):
+        load_small_model(out / "model")
     info["canvas"] = "diagonal"
     (out / "model" / "speech.json").write_text(json.dumps(info))
     with pytest.raises(asr.ModelLoadError, match="canvas must be one of"):

@@ -1,13 +1,14 @@
 """Ship a trained small model as ``asr/mini/model`` (what ``asr.load("mini")`` and the app's fallback load).
 
-    python train/ship_mini.py EXPORTED_MODEL_DIR [--eval-real FILE] [--eval-kokoro FILE]
+    python train/ship_mini.py EXPORTED_MODEL_DIR [--eval-real FILE] [--eval-kokoro FILE] [--ctc-weight W]
 
 EXPORTED_MODEL_DIR is an ``asr.train`` export (``speech.json``, ``backbone/``, ``projector.safetensors``,
 ``tokenizer/``; its weights are float16, as ``asr.train`` exports them, and ``load_small_model`` loads them as
 float32). The whisper encoder is named as the shipped ``asr/mini/whisper-tiny-en`` (``speech.json``:
 ``../whisper-tiny-en``), the training settings are kept in ``speech.json`` without this machine's paths, and
 ``SHIPPED.json`` records where the model came from and the WER lines of the given evaluation outputs
-(``python -m asr.evaluate ... > FILE``).
+(``python -m asr.evaluate ... > FILE``). ``--ctc-weight`` sets how the model's transcripts are read by default
+(``speech.json``'s ``ctc_weight``: jointly with the CTC head; 0 or absent: the denoiser's own argmax).
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ def wer_lines(path: Path) -> list[str]:
     return list(dict.fromkeys(line.split("  (")[0] for line in joined if WER_LINE.match(line)))
 
 
-def ship(src: Path, evals: dict[str, Path]) -> Path:
+def ship(src: Path, evals: dict[str, Path], ctc_weight: float | None = None) -> Path:
     info = json.loads((src / "speech.json").read_text(encoding="utf-8"))
+    if ctc_weight is not None:
+        info["ctc_weight"] = ctc_weight
     if not (MINI / WHISPER / "config.json").is_file():
         raise SystemExit(f"{MINI / WHISPER} is missing: the shipped model names it as its encoder")
     if Path(info["whisper"]).name != WHISPER:
@@ -75,16 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model", type=Path, help="an asr.train export folder")
     p.add_argument("--eval-real", type=Path, help="asr.evaluate output on the real-speech set")
     p.add_argument("--eval-kokoro", type=Path, help="asr.evaluate output on the held-out Kokoro set")
+    p.add_argument("--ctc-weight", type=float, help="the default joint reading with the CTC head (speech.json)")
     args = p.parse_args(argv)
     evals = {k: v for k, v in (("real", args.eval_real), ("kokoro", args.eval_kokoro)) if v is not None}
-    out = ship(args.model, evals)
+    out = ship(args.model, evals, args.ctc_weight)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     whisper = sum(f.stat().st_size for f in (MINI / WHISPER).rglob("*") if f.is_file())
     print(f"{out}: {size / 1e6:.1f} MB (+ the encoder {whisper / 1e6:.1f} MB = {(size + whisper) / 1e6:.1f} MB)")
     from asr.loading import load_small_model
 
     speech, _, _ = load_small_model(out)  # it loads
-    print(f"loads: canvas {speech.canvas_length} ({speech.canvas}), torch {torch.__version__}", file=sys.stderr)
+    print(f"loads: canvas {speech.canvas_length} ({speech.canvas}), ctc_weight {speech.ctc_weight:g}, "
+          f"torch {torch.__version__}", file=sys.stderr)  # fmt: skip
     return 0
 
 
