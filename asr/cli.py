@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         except ModelLoadError as exc2:
             print(f"error: cannot load {FALLBACK_MODEL} either: {exc2}", file=sys.stderr)
             return 2
-    asked = [name for name, on in (("--start ctc", args.start == "ctc"), ("--ctc-weight", (args.ctc_weight or 0) > 0)) if on]
+    joint = args.ctc_weight is not None and args.ctc_weight > 0
+    asked = [name for name, on in (("--start ctc", args.start == "ctc"), ("--ctc-weight", joint)) if on]
     if asked and pipe.model.canvas != "aligned":
         print(f"error: {' and '.join(asked)} needs a model with an aligned canvas (mini); {pipe.name} has a packed one",
               file=sys.stderr)  # fmt: skip
