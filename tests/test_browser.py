@@ -153,13 +153,18 @@ def test_steps_tab_compares_step_counts_side_by_side(page):
     page.screenshot(path=str(SHOTS / "steps.png"), full_page=True)
 
 
-def test_visualiser_replays_one_frame_per_step(page):
+def _visualise(page, example: str, steps: int, frames: int) -> None:
+    """Denoise ``example`` with ``steps`` steps in the visualiser tab and wait for a player of ``frames`` frames."""
     _open_tab(page, "Denoising visualiser")
-    page.set_input_files("#vis-audio input[type=file]", str(EXAMPLES / "weather_report.ogg"))
-    _set_number(page, "#vis-steps", 6)
+    page.set_input_files("#vis-audio input[type=file]", str(EXAMPLES / example))
+    _set_number(page, "#vis-steps", steps)
     page.wait_for_timeout(300)
     page.click("#vis-button")
-    page.wait_for_selector("#vis-player .dv[data-frames='6']")
+    page.wait_for_selector(f"#vis-player .dv[data-frames='{frames}']")
+
+
+def test_visualiser_replays_one_frame_per_step(page):
+    _visualise(page, "weather_report.ogg", steps=6, frames=6)
     player = page.locator("#vis-player .dv")
     assert page.locator("#vis-player .dv-chart span").count() == 6
     assert page.locator("#vis-player .dv-scrub").get_attribute("max") == "5"
@@ -199,12 +204,7 @@ def test_visualiser_ends_on_minis_joint_reading(browser, tmp_path):
     with gradio_temp_dir(tmp_path):
         demo = app.build_demo(app.load_model("mini"), max_audio_seconds=60)
         with serve(demo) as address, _open_page(browser, address) as page:
-            _open_tab(page, "Denoising visualiser")
-            page.set_input_files("#vis-audio input[type=file]", str(EXAMPLES / "quick_brown_fox.flac"))
-            _set_number(page, "#vis-steps", 4)
-            page.wait_for_timeout(300)
-            page.click("#vis-button")
-            page.wait_for_selector("#vis-player .dv[data-frames='5']")
+            _visualise(page, "quick_brown_fox.flac", steps=4, frames=5)
             assert page.locator("#vis-player .dv-chart span").count() == 5
             assert page.locator("#vis-player .dv-chart span.joint").count() == 1
             page.locator("#vis-player button[data-act='last']").click()
