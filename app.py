@@ -867,6 +867,7 @@ def build_demo(state: ModelState, max_audio_seconds: float = MAX_AUDIO_SECONDS) 
         Returns the transcript text and JSON like /transcribe's, where each segment also has "steps": one record per
         step with index, temperature, canvas (the tokens the model was given), sampled, argmax (the draft),
         accepted (kept vs re-noised), confidence, entropy and draft_text; "token_pieces" maps token ids to text.
+        Where "ctc_weight" > 0 (mini) the text was read jointly with the CTC head from each segment's "final_canvas".
         """
         (transcript,) = _run(state, audio, [steps], seed, True, progress, max_audio_seconds)
         return transcript.text, transcript_dict(transcript, steps=True, pipe=state.pipe)
