@@ -136,14 +136,32 @@ def test_cli_falls_back_to_mini_when_the_default_model_cannot_load():
     assert named.returncode == 2 and "using mini" not in named.stderr
 
 
+def _ship_mini():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ship_mini", ROOT / "train" / "ship_mini.py")
+    ship_mini = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship_mini)
+    return ship_mini
+
+
+def test_ship_mini_sets_the_models_joint_reading(tmp_path, monkeypatch):
+    """ship_mini --ctc-weight writes the model's default reading into the shipped speech.json (shipped into a
+    temporary folder here, from the shipped model itself); without it the source's setting is kept."""
+    from asr.loading import load_small_model
+
+    ship_mini = _ship_mini()
+    (tmp_path / "mini").mkdir()
+    (tmp_path / "mini" / ship_mini.WHISPER).symlink_to(MINI_DIR.parent / ship_mini.WHISPER)
+    monkeypatch.setattr(ship_mini, "MINI", tmp_path / "mini")
+    assert load_small_model(ship_mini.ship(MINI_DIR, {}, ctc_weight=1.5))[0].ctc_weight == 1.5
+    assert load_small_model(ship_mini.ship(MINI_DIR, {}))[0].ctc_weight == 2.0  # mini's own
+
+
 def test_ship_mini_reads_every_summary_line_of_an_evaluation(tmp_path):
     """ship_mini records the CTC head's and every step count's WER line, also from ``asr.evaluate --quiet`` output,
     which prints the last step count's summary only as its final two lines."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ship_mini", Path(__file__).parent.parent / "train" / "ship_mini.py")
-    ship_mini = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ship_mini)
+    ship_mini = _ship_mini()
     out = tmp_path / "eval.txt"
     run = subprocess.run([sys.executable, "-m", "asr.evaluate", "--manifest", str(EXAMPLES), "--model", "mini",
                           "--steps", "1,2", "--ctc", "--quiet", "--limit", "2"],
