@@ -16,6 +16,8 @@ from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, 
 from transformers.cache_utils import DynamicCache
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from .decoding import check_ctc_weight
+
 # Gemma 4 vocabulary ids of the audio markers (the real tokenizer is asked too; these are what it must say).
 AUDIO_START_ID = 256_000  # <|audio>
 AUDIO_TOKEN_ID = 258_881  # <|audio|>, one placeholder per audio embedding
@@ -285,9 +287,7 @@ class SpeechModel(nn.Module):
         self.backbone = backbone
         self.prompt = prompt
         self.canvas = canvas
-        if not 0 <= ctc_weight < float("inf"):
-            raise ValueError(f"ctc_weight must be a finite number >= 0, got {ctc_weight!r}")
-        if ctc_weight > 0 and canvas != "aligned":
+        if check_ctc_weight(ctc_weight) > 0 and canvas != "aligned":
             raise ValueError(f"ctc_weight > 0 needs an aligned canvas, not a {canvas} one")
         self.ctc_weight = float(ctc_weight)
         hidden = backbone.config.text_config.hidden_size
