@@ -43,7 +43,8 @@ class ProjectorLayoutError(ValueError):
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One projector layer: ``conv`` (Conv1d, stride ``stride``), ``linear`` or ``norm`` (LayerNorm)."""
+    """One projector layer: ``conv`` (Conv1d, stride ``stride``), ``linear``, ``norm`` (LayerNorm), or ``attention``
+    (:class:`AttentionBlock`: ``heads`` heads, a ``ffn``-wide MLP; ``in_dim == out_dim``)."""
 
     kind: str
     in_dim: int
@@ -51,6 +52,13 @@ class LayerSpec:
     kernel: int = 1
     stride: int = 1
     bias: bool = True
+    heads: int = 0
+    ffn: int = 0
+
+
+def attention_spec(dim: int) -> LayerSpec:
+    """An attention block of width ``dim``: heads of 64 features, an MLP 4x as wide."""
+    return LayerSpec("attention", dim, dim, heads=max(1, dim // 64), ffn=4 * dim)
 
 
 def default_projector_layout(in_dim: int, hidden: int, out_dim: int, subsampling: int = SUBSAMPLING) -> list[LayerSpec]:
@@ -100,11 +108,37 @@ def layout_slots(layout: list[LayerSpec], frames: int) -> int:
     return frames
 
 
+class AttentionBlock(nn.Module):
+    """A pre-norm transformer block over the audio slots: ``x + attn(norm1(x))``, then ``x + fc2(gelu(fc1(norm2(x))))``.
+
+    Whisper's frames carry their positions (its sinusoidal embeddings), so the block adds none. Its two output
+    projections start at zero: a new block is the identity, and a trained projector gains one without changing.
+    """
+
+    def __init__(self, dim: int, heads: int, ffn: int, bias: bool = True):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, bias=bias, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, ffn, bias=bias)
+        self.fc2 = nn.Linear(ffn, dim, bias=bias)
+        for out in (self.attn.out_proj, self.fc2):
+            nn.init.zeros_(out.weight)
+            if out.bias is not None:
+                nn.init.zeros_(out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.fc2(nn.functional.gelu(self.fc1(self.norm2(x))))
+
+
 class Projector(nn.Module):
     """Whisper frames (B, T, d_whisper) -> audio embeddings (B, ceil(T / subsampling), d_backbone).
 
     Convolutions (each followed by GELU) subsample in time; linear layers (GELU between them) map to the backbone
-    width; ``norm`` layers are LayerNorms over the feature dimension.
+    width; ``norm`` layers are LayerNorms over the feature dimension; ``attention`` layers are transformer blocks
+    over the slots (:class:`AttentionBlock`), which let each slot see the whole window.
     """
 
     def __init__(self, layout: list[LayerSpec]):
@@ -120,6 +154,10 @@ class Projector(nn.Module):
                 layers.append(nn.Linear(spec.in_dim, spec.out_dim, bias=spec.bias))
             elif spec.kind == "norm":
                 layers.append(nn.LayerNorm(spec.in_dim, elementwise_affine=True, bias=spec.bias))
+            elif spec.kind == "attention":
+                if spec.in_dim != spec.out_dim or spec.heads < 1 or spec.in_dim % spec.heads or spec.ffn < 1:
+                    raise ProjectorLayoutError(f"an attention layer needs in_dim == out_dim divisible by heads: {spec}")
+                layers.append(AttentionBlock(spec.in_dim, spec.heads, spec.ffn, spec.bias))
             else:
                 raise ProjectorLayoutError(f"unknown projector layer kind {spec.kind!r}")
         self.layers = nn.ModuleList(layers)
@@ -193,7 +231,13 @@ class Projector(nn.Module):
 
     @staticmethod
     def canonical_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Rename a checkpoint's projector keys to this module's (``layers.N.weight``), in layout order."""
+        """Rename a checkpoint's projector keys to this module's (``layers.N.weight``), in layout order; keys that
+        already are this module's (``layers.N.…``, attention blocks included) stay."""
+        found = [re.match(r"layers\.(\d+)\.", key) for key in state]
+        if all(found):
+            order = list(dict.fromkeys(int(m.group(1)) for m in found))
+            if order == list(range(len(order))):
+                return dict(state)
         prefixes: list[str] = []
         for key in state:
             prefix = key.rpartition(".")[0]

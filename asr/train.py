@@ -125,6 +125,9 @@ class TrainConfig:
     heads: int = 4
     experts: int = 4
     projector_hidden: int = 512
+    # attention blocks at the projector's end (backbone width, M.attention_spec): a new small model's, or how many a
+    # continued model's projector should end in (missing ones are added as the identity, trained weights kept)
+    projector_attention: int = 0
     # whisper frames per audio slot: a new model's (None: 8, 6.25 slots per second, as the released projector), or a
     # new rate for a continued model's projector (its convolutions re-strided, weights kept)
     subsampling: int | None = None
@@ -192,9 +195,9 @@ def build_small(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
     if cfg.tokenizer == "byte":
         vocab = 512
     eos = tokenizer.eos_token_id
-    layout = M.default_projector_layout(
-        whisper.config.d_model, cfg.projector_hidden, cfg.hidden, cfg.subsampling or M.SUBSAMPLING
-    )
+    subsampling = cfg.subsampling or M.SUBSAMPLING
+    layout = M.default_projector_layout(whisper.config.d_model, cfg.projector_hidden, cfg.hidden, subsampling)
+    layout += [M.attention_spec(cfg.hidden)] * cfg.projector_attention
     slots = M.layout_slots(layout, whisper.config.max_source_positions)
     canvas = slots if cfg.canvas == "aligned" else cfg.canvas_length or 128
     config = small_backbone_config(
@@ -235,6 +238,20 @@ def restride_projector(speech: SpeechModel, subsampling: int) -> None:
             module.sliding_window = window
 
 
+def add_projector_attention(speech: SpeechModel, count: int) -> None:
+    """Make ``speech``'s projector end in ``count`` attention blocks (``--projector-attention`` with ``--model
+    FOLDER``): the missing ones are appended as the identity (:class:`asr.model.AttentionBlock`), so the model's
+    outputs do not change until they train; the other layers keep their weights."""
+    old = speech.projector
+    have = sum(s.kind == "attention" for s in old.layout)
+    if count < have:
+        raise ValueError(f"--projector-attention {count}: the projector already has {have} attention blocks")
+    layout = old.layout + [M.attention_spec(old.out_dim)] * (count - have)
+    speech.projector = Projector(layout).to(next(old.parameters()).dtype)
+    missing, unexpected = speech.projector.load_state_dict(old.state_dict(), strict=False)
+    assert not unexpected and all(int(k.split(".")[1]) >= len(old.layout) for k in missing)
+
+
 def continue_settings(cfg: TrainConfig) -> TrainConfig:
     """For ``--model`` an exported small-model folder (or ``mini``): take the encoder, tokenizer, canvas and projector
     subsampling it was trained with (so that the next export names them again). :func:`main` also makes ``--train``
@@ -254,6 +271,7 @@ def continue_settings(cfg: TrainConfig) -> TrainConfig:
         canvas_length=cfg.canvas_length or int(info["canvas_length"]),
         canvas=cfg.canvas or info.get("canvas", "packed"),
         subsampling=cfg.subsampling or (M.layout_subsampling([M.LayerSpec(**s) for s in layout]) if layout else None),
+        projector_attention=cfg.projector_attention or sum(s["kind"] == "attention" for s in layout or []),
     )
 
 
@@ -298,6 +316,11 @@ def build_model(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
         if small_model_folder(cfg.model) is None:
             raise ValueError("--subsampling applies to new small models and to --model FOLDER (re-strided)")
         restride_projector(speech, cfg.subsampling)
+    blocks = sum(s.kind == "attention" for s in speech.projector.layout)
+    if cfg.projector_attention and cfg.projector_attention != blocks:
+        if small_model_folder(cfg.model) is None:
+            raise ValueError("--projector-attention applies to new small models and to --model FOLDER")
+        add_projector_attention(speech, cfg.projector_attention)
     speech.projector.float()
     return speech, tokenizer, features
 
@@ -1191,6 +1214,9 @@ def parser() -> argparse.ArgumentParser:
                    "small model's (default 8: 6.25 slots per second), or, with --model FOLDER, a new rate for its "
                    "projector (convolutions re-strided, weights kept; e.g. 4: every other slot is exactly an x8 "
                    "slot); an aligned canvas takes the new slot count")  # fmt: skip
+    p.add_argument("--projector-attention", type=int, default=d.projector_attention, help="transformer blocks at the "
+                   "projector's end (backbone width): a new small model's, or, with --model FOLDER, how many its "
+                   "projector should end in (new ones start as the identity, trained weights kept)")  # fmt: skip
     p.add_argument("--trim-encoder", action=argparse.BooleanOptionalAction, default=None,
                    help="whisper encodes only each batch's audio (+1 s), a silent window's frames fill the rest, as "
                    "asr.load runs small models (default: for --train all)")  # fmt: skip

@@ -9,7 +9,7 @@ from conftest import speechlike
 
 import asr
 from asr import model as M
-from asr.loading import AdapterError, build_tiny, read_adapter, save_adapter
+from asr.loading import AdapterError, adapter_projector, build_tiny, read_adapter, save_adapter
 from asr.pipeline import Pipeline
 
 
@@ -131,3 +131,18 @@ def test_projector_layout_from_foreign_names():
     rebuilt.load_state_dict(M.Projector.canonical_keys(renamed))
     x = torch.randn(1, 1500, 32)
     assert torch.equal(rebuilt(x), reference(x))
+
+
+def test_projector_with_attention_round_trips_and_rejects_a_bad_block():
+    layout = [*M.default_projector_layout(32, 48, 64), M.attention_spec(64)]
+    torch.manual_seed(0)
+    reference = M.Projector(layout)
+    for p in reference.parameters():  # a trained block: not the identity it starts as
+        torch.nn.init.normal_(p, std=0.1)
+    state = reference.state_dict()
+    assert any(".attn." in key for key in state) and M.Projector.canonical_keys(state).keys() == state.keys()
+    rebuilt = adapter_projector({"projector": state}, layout)
+    x = torch.randn(1, 1500, 32)
+    assert torch.equal(rebuilt(x), reference(x))
+    with pytest.raises(M.ProjectorLayoutError, match="in_dim == out_dim"):
+        M.Projector([*layout[:-1], M.LayerSpec("attention", 64, 32, heads=2, ffn=8)])

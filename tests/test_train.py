@@ -364,6 +364,44 @@ def test_small_model_with_x4_projector_trains_exports_and_transcribes(manifest, 
     assert T.continue_settings(T.TrainConfig(manifest=str(manifest), model=str(out / "model"))).subsampling == 4
 
 
+def test_projector_attention_starts_as_the_identity_trains_exports_and_continues(manifest, tmp_path):
+    """--projector-attention 1 on an exported model: the same outputs until it trains, then the block lets a slot see
+    the whole window (the convolutions' slots see 0.3 s); the export records it and loads with asr.load."""
+    base = dict(manifest=str(manifest), train="all", steps=2, batch_size=2, canvas_length=16, lr=1e-2, warmup=0)
+    T.train(T.TrainConfig(out=str(tmp_path / "a"), model="tiny-random", **base), progress=False)
+    folder = tmp_path / "a" / "model"
+    plain, _, _ = T.load_exported(folder)
+    cfg = T.continue_settings(T.TrainConfig(out=str(tmp_path / "b"), model=str(folder), projector_attention=1, **base))
+    speech, _, _ = T.build_model(cfg)
+    assert [s.kind for s in speech.projector.layout][-2:] == ["linear", "attention"]
+    frames = torch.randn(1, 1500, speech.projector.in_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(speech.projector(frames), plain.projector(frames), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="already has 1 attention"):
+        T.add_projector_attention(speech, 0)
+
+    T.train(cfg, progress=False)
+    pipe = asr.load(str(tmp_path / "b" / "model"), device="cpu")
+    projector = pipe.model.projector
+    assert projector.layout[-1] == M.attention_spec(projector.out_dim)
+    assert isinstance(pipe.transcribe(str(manifest.parent / "c1.flac"), steps=2).text, str)
+    moved = frames.clone()
+    moved[:, :50] += 1.0  # the window's first second
+    with torch.no_grad():
+        assert not torch.allclose(projector(moved)[:, -1], projector(frames)[:, -1])  # the last slot notices
+        assert torch.equal(plain.projector(moved)[:, -1], plain.projector(frames)[:, -1])  # without attention not
+    settings = T.continue_settings(T.TrainConfig(manifest=str(manifest), model=str(tmp_path / "b" / "model")))
+    assert settings.projector_attention == 1  # trained further, it keeps its block
+
+
+def test_new_small_model_with_projector_attention():
+    cfg = T.TrainConfig(model="small", train="all", whisper="tiny-random", tokenizer="byte", hidden=64, layers=2,
+                        heads=2, experts=2, projector_hidden=32, projector_attention=2)  # fmt: skip
+    speech, _, _ = T.build_model(cfg)
+    assert [s.kind for s in speech.projector.layout] == ["conv"] * 3 + ["linear"] * 2 + ["attention"] * 2
+    assert speech.projector.layout[-1].heads == 1 and speech.projector.out_dim == 64
+
+
 def test_cli_runs_and_logs(manifest, tmp_path, capsys):
     out = tmp_path / "cli"
     code = T.main(["--manifest", str(manifest), "--out", str(out), "--steps", "2", "--batch-size", "2", "--quiet"])
