@@ -93,6 +93,10 @@ class TrainConfig:
     w_ctc: float = 0.5
     ctc_steps: int = 0  # the first steps train CTC only (no backbone): a head to align to, for --canvas aligned
     pad_weight: float = 1.0
+    # SpecAugment on the cached whisper outputs (augment_frames): the fraction of frames zeroed in time masks, and
+    # the probability of zeroing a feature channel of a clip across all its frames
+    frame_mask: float = 0.0
+    channel_dropout: float = 0.0
     gamma_power: float = 1.0  # noise levels: 1 uniform, > 1 denser near the all-noise canvas (see noise_levels)
     self_conditioning: float = 0.5
     sc_t_min: float = 0.4
@@ -743,6 +747,27 @@ def noise_levels(batch_size: int, generator: torch.Generator, power: float = 1.0
     return gamma if power == 1.0 else gamma ** (1.0 / power)
 
 
+FRAME_MASK_SPAN = 10  # whisper frames (0.2 s) per time mask of augment_frames
+
+
+def augment_frames(
+    frames: torch.Tensor, mask: float, channel_dropout: float, generator: torch.Generator
+) -> torch.Tensor:
+    """SpecAugment on whisper's outputs (B, T, d), since the frozen encoder's are cached, not its log-mel inputs: time
+    masks zero spans of ``FRAME_MASK_SPAN`` frames starting at random frames (about ``mask`` of all frames), and
+    channel masks, as SpecAugment's frequency masks, zero a feature across all of a clip's frames (each with
+    probability ``channel_dropout``; the others scaled by ``1 / (1 - channel_dropout)``). Training only."""
+    B, T, d = frames.shape
+    if mask > 0:
+        starts = (torch.rand(B, T, generator=generator) < mask / FRAME_MASK_SPAN).cumsum(1)
+        covered = starts - F.pad(starts, (FRAME_MASK_SPAN, 0))[:, :T] > 0  # a span started in the last SPAN frames
+        frames = frames.masked_fill(covered[..., None].to(frames.device), 0.0)
+    if channel_dropout > 0:
+        keep = (torch.rand(B, 1, d, generator=generator) >= channel_dropout).to(frames.device, frames.dtype)
+        frames = frames * keep / (1.0 - channel_dropout)
+    return frames
+
+
 def compute_losses(
     speech: SpeechModel,
     frames: torch.Tensor,
@@ -757,6 +782,8 @@ def compute_losses(
     backbone = speech.backbone
     device = next(backbone.parameters()).device
     frames = frames.to(device=device, dtype=next(speech.projector.parameters()).dtype)
+    if cfg.frame_mask or cfg.channel_dropout:
+        frames = augment_frames(frames, cfg.frame_mask, cfg.channel_dropout, generator)
     audio = speech.projector(frames).to(backbone.dtype)  # (B, S, H)
     log_probs = ctc_log_probs(speech, audio)  # (B, S, V): the CTC loss's, and what an aligned canvas follows
     out = {}
@@ -1199,7 +1226,8 @@ def parser() -> argparse.ArgumentParser:
     for name in ("batch_size", "lr", "warmup", "weight_decay", "grad_clip", "w_diffusion", "w_ar", "w_ctc", "ctc_steps",
                  "pad_weight", "gamma_power", "self_conditioning", "lora_rank", "lora_alpha", "canvas_length", "seed",
                  "save_every", "log_every", "threads", "hidden", "layers", "heads", "experts", "projector_hidden",
-                 "eval_every", "eval_count", "eval_steps", "max_seconds", "min_lr_ratio"):  # fmt: skip
+                 "eval_every", "eval_count", "eval_steps", "max_seconds", "min_lr_ratio", "frame_mask",
+                 "channel_dropout"):  # fmt: skip
         kind = {int: int, float: float}.get(type(getattr(d, name)), int)
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name))
     helps = {"cache_dir": "whisper-output cache folder (default OUT/frames), or 'memory': kept on --device"}

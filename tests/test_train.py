@@ -402,6 +402,32 @@ def test_new_small_model_with_projector_attention():
     assert speech.projector.layout[-1].heads == 1 and speech.projector.out_dim == 64
 
 
+def test_frame_augmentation_masks_time_spans_and_whole_channels(manifest, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randn(16, 1500, 48) + 3.0  # no zeros of its own
+    timed = T.augment_frames(frames, 0.2, 0.0, g)
+    zeroed = (timed == 0).all(-1)
+    assert ((timed == 0) == zeroed[..., None]).all() and 0.15 < zeroed.float().mean() < 0.22
+    assert torch.equal(timed[~zeroed], frames[~zeroed])
+    rows = ["".join(map(str, row)).rstrip("1") for row in zeroed[:4].int().tolist()]  # a run cut by the end: off
+    runs = [len(run) for row in rows for run in row.split("0") if run]
+    assert len(runs) > 20 and min(runs) >= T.FRAME_MASK_SPAN  # masks are whole spans (overlapping ones join)
+    dropped = T.augment_frames(frames, 0.0, 0.25, g)
+    gone = (dropped == 0).all(1)  # (B, d): whole channels of a clip
+    assert ((dropped == 0).any(1) == gone).all() and 0.15 < gone.float().mean() < 0.35
+    torch.testing.assert_close(
+        dropped[~gone[:, None, :].expand_as(frames)], (frames / 0.75)[~gone[:, None, :].expand_as(frames)]
+    )
+    # in training: the CTC loss of one batch changes with augmentation, and repeats with the seed
+    cfg, speech, _, batch_frames, batch = _setup(manifest, tmp_path, w_diffusion=0.0, w_ar=0.0)
+
+    def ctc(**aug):
+        run = dataclasses.replace(cfg, **aug)
+        return T.compute_losses(speech, batch_frames, batch, run, torch.Generator().manual_seed(1))["ctc"].item()
+
+    assert ctc(frame_mask=0.3, channel_dropout=0.2) == ctc(frame_mask=0.3, channel_dropout=0.2) != ctc()
+
+
 def test_cli_runs_and_logs(manifest, tmp_path, capsys):
     out = tmp_path / "cli"
     code = T.main(["--manifest", str(manifest), "--out", str(out), "--steps", "2", "--batch-size", "2", "--quiet"])
