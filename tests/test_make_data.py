@@ -135,3 +135,31 @@ def test_pico_voices_speak():
         assert 3.0 < len(audio) / rate < 12.0 and np.abs(audio).max() > 0.1
         lengths.append(len(audio))
     assert lengths[2] > 1.1 * lengths[0]
+
+
+def test_resuming_with_a_changed_plan_remakes_the_changed_clips(tmp_path, monkeypatch):
+    """A folder resumed with other jobs (e.g. a corpus installed since changed the plan) must not list an existing clip
+    with the new job's text: the clips whose job changed are made again, the others are kept."""
+    made: list[str] = []
+
+    def speak(text, voice, seed):  # audio whose length says which text it was made from
+        made.append(text)
+        return np.full(8000 * len(text.split()), 0.1, dtype=np.float32), md.SAMPLE_RATE
+
+    monkeypatch.setattr(md, "synthesize", speak)
+    monkeypatch.setattr(md, "augment", lambda audio, rate, rng: (audio, {}))
+    voice = md.Voice("flite", "slt")
+    first = [md.Job(i, "train", text, voice, 1, f"clips/train/{i:06d}.flac") for i, text in enumerate(["a b c", "d e"])]
+    assert md.drop_stale_clips(tmp_path, first, {}) == 0
+    md._synthesise([(job, str(tmp_path)) for job in first], 1, tmp_path)
+    second = [first[0], md.Job(1, "train", "f g h i", voice, 1, first[1].out)]  # clip 1 now has another text
+    assert md.drop_stale_clips(tmp_path, second, {}) == 1
+    md._synthesise([(job, str(tmp_path)) for job in second], 1, tmp_path)
+    assert made == ["a b c", "d e", "f g h i"]  # clip 0 kept, clip 1 made again
+    rows = [line.split("\t") for line in (tmp_path / "train.tsv").read_text(encoding="utf-8").splitlines()]
+    for path, text in rows:  # every clip is as long as the text it is listed with
+        assert sf.info(str(tmp_path / path)).frames == 8000 * len(text.split())
+    assert md.drop_stale_clips(tmp_path, second, {}) == 0  # the same plan again: nothing to redo
+    (tmp_path / md.PLAN_FILE).unlink()  # a folder from before plans were recorded
+    with pytest.raises(SystemExit, match="no plan.jsonl.gz"):
+        md.drop_stale_clips(tmp_path, second, {})

@@ -4,8 +4,9 @@
 
 Writes ``OUT/clips/*.flac`` (16 kHz mono), ``OUT/train.tsv`` and ``OUT/test.tsv`` (``clip<TAB>text``, paths relative
 to OUT, the manifests ``asr.train``/``asr.evaluate`` read), ``OUT/*.meta.jsonl`` (voice and augmentation of each
-clip) and ``OUT/voices.json`` (which voices were held out). Re-running with the same arguments skips clips that
-already exist, so an interrupted run can be resumed.
+clip), ``OUT/voices.json`` (which voices were held out) and ``OUT/plan.jsonl.gz`` (the jobs). Re-running skips
+clips that already exist, so an interrupted run can be resumed; a clip whose job changed since (other arguments, or a
+text corpus or engine installed in between: the plan depends on both) is made again (``drop_stale_clips``).
 
 Engines (all offline; install with ``apt-get install espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k
 festvox-us-slt-hts`` and ``pip install hibari-tts``); engines that are missing are skipped:
@@ -673,6 +674,34 @@ def read_jobs(path: Path) -> tuple[list[Job], dict]:
     return jobs, info
 
 
+PLAN_FILE = "plan.jsonl.gz"  # in OUT: the jobs its clips were made from
+
+
+def _job_key(job: Job) -> str:
+    return json.dumps(asdict(job), sort_keys=True)
+
+
+def drop_stale_clips(out: Path, jobs: list[Job], info: dict) -> int:
+    """Make ``out`` safe to resume with ``jobs``, then record them in ``OUT/PLAN_FILE``; returns how many clips were
+    deleted. A clip is skipped when it exists, so a clip made from another job (another text or voice: other
+    arguments, or a text corpus or engine installed since, which changes the plan) would be listed with the new
+    job's text. Such clips are deleted here, and made again. Clips in a folder without a recorded plan (older
+    folders) cannot be checked: ``SystemExit``, naming the folder."""
+    recorded = out / PLAN_FILE
+    existing = [job for job in jobs if (out / job.out).is_file()]
+    if existing and not recorded.is_file():
+        raise SystemExit(f"{out} holds clips but no {PLAN_FILE}: which text each was made from is unknown, so they "
+                         "cannot be resumed; use a new --out")  # fmt: skip
+    before = {job.out: _job_key(job) for job in read_jobs(recorded)[0]} if recorded.is_file() else {}
+    stale = [job for job in existing if before.get(job.out) != _job_key(job)]
+    for job in stale:
+        (out / job.out).unlink()
+    tmp = out / (PLAN_FILE + ".tmp.gz")
+    write_jobs(tmp, jobs, info)
+    os.replace(tmp, recorded)
+    return len(stale)
+
+
 def _synthesise(work: list[tuple[Job, str]], workers: int, out: Path) -> list[dict | None]:
     """Make every clip (in job order); each finished clip's row is appended to ``OUT/train.tsv`` or ``test.tsv`` at
     once, so that a trainer can start on the clips made so far (``asr.train --prefetch``)."""
@@ -734,6 +763,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"engines {info['engines']}; sentences {info['sentences']}; {len(jobs)} clips", file=sys.stderr)
+    if stale := drop_stale_clips(args.out, jobs, info):
+        print(f"{stale} clips were made from other jobs (the plan changed): made again", file=sys.stderr)
     work = [(job, str(args.out)) for job in jobs]
     results = _synthesise(work, args.workers, args.out)
     for split in SPLITS:
