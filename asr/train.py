@@ -25,7 +25,8 @@ The three losses of the published recipe, on one batch of clips (B clips, canvas
   that cover the clip's audio (6.25 per second at x8), or all slots of the 30 s window when no CTC path of the
   transcript fits in those (its ids, with a blank between repeated ones; e.g. byte-level tokenizers).
 
-The total is ``w_diffusion * diffusion + w_ar * ar + w_ctc * ctc``. With ``--w-diffusion 0 --w-ar 0`` the
+``--frame-mask``/``--channel-dropout`` apply SpecAugment to the whisper outputs (:func:`augment_frames`) before the
+projector. The total is ``w_diffusion * diffusion + w_ar * ar + w_ctc * ctc``. With ``--w-diffusion 0 --w-ar 0`` the
 backbone does not run at all: a CTC-only phase that trains the projector alone, many times faster per clip.
 
 Whisper encoder outputs are computed once per clip and cached on disk (float16 ``.npy`` per clip, keyed by the
