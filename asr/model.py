@@ -99,6 +99,11 @@ def layout_subsampling(layout: list[LayerSpec]) -> int:
     return math.prod(s.stride for s in layout if s.kind == "conv")
 
 
+def layout_attention_blocks(layout: list[LayerSpec]) -> int:
+    """How many attention blocks a projector of ``layout`` has."""
+    return sum(s.kind == "attention" for s in layout)
+
+
 def layout_slots(layout: list[LayerSpec], frames: int) -> int:
     """How many embeddings ``frames`` whisper frames become in a projector of ``layout`` (no module needed)."""
     for spec in layout:

@@ -227,13 +227,22 @@ def sliding_window(slots: int, canvas: int) -> int:
     return max(512, 128 * math.ceil((slots + 64 + canvas) / 128))
 
 
+def relayout_projector(speech: SpeechModel, layout: list[M.LayerSpec]) -> None:
+    """Give ``speech``'s projector ``layout``: its layers keep their weights, layers appended after them start as
+    built. Raises :class:`asr.model.ProjectorLayoutError` when the old weights do not fit the new layers."""
+    old = speech.projector
+    speech.projector = Projector(layout).to(next(old.parameters()).dtype)
+    missing, unexpected = speech.projector.load_state_dict(old.state_dict(), strict=False)
+    unfilled = [k for k in missing if int(k.split(".")[1]) < len(old.layout)]
+    if unexpected or unfilled:
+        raise M.ProjectorLayoutError(f"the projector's weights do not fit {layout}: {unexpected or unfilled}")
+
+
 def restride_projector(speech: SpeechModel, subsampling: int) -> None:
     """Give ``speech``'s projector the convolution strides of ``subsampling``, weights kept (``--subsampling`` with
     ``--model FOLDER``): an aligned canvas follows the new slot count, and the backbone's sliding window grows to
     cover the longer prompt if needed."""
-    old = speech.projector
-    speech.projector = Projector(M.restride_layout(old.layout, subsampling)).to(next(old.parameters()).dtype)
-    speech.projector.load_state_dict(old.state_dict())
+    relayout_projector(speech, M.restride_layout(speech.projector.layout, subsampling))
     speech.canvas = speech.canvas  # an aligned canvas takes the new slot count
     text = speech.backbone.config.text_config
     window = max(text.sliding_window, sliding_window(speech.num_slots, speech.canvas_length))
@@ -248,13 +257,10 @@ def add_projector_attention(speech: SpeechModel, count: int) -> None:
     FOLDER``): the missing ones are appended as the identity (:class:`asr.model.AttentionBlock`), so the model's
     outputs do not change until they train; the other layers keep their weights."""
     old = speech.projector
-    have = sum(s.kind == "attention" for s in old.layout)
+    have = M.layout_attention_blocks(old.layout)
     if count < have:
         raise ValueError(f"--projector-attention {count}: the projector already has {have} attention blocks")
-    layout = old.layout + [M.attention_spec(old.out_dim)] * (count - have)
-    speech.projector = Projector(layout).to(next(old.parameters()).dtype)
-    missing, unexpected = speech.projector.load_state_dict(old.state_dict(), strict=False)
-    assert not unexpected and all(int(k.split(".")[1]) >= len(old.layout) for k in missing)
+    relayout_projector(speech, old.layout + [M.attention_spec(old.out_dim)] * (count - have))
 
 
 def continue_settings(cfg: TrainConfig) -> TrainConfig:
@@ -268,15 +274,15 @@ def continue_settings(cfg: TrainConfig) -> TrainConfig:
     whisper = info["whisper"]
     if whisper != "tiny-random" and (folder / whisper).exists():
         whisper = str((folder / whisper).resolve())
-    layout = info.get("projector_layout")  # older exports: none (x8)
+    layout = [M.LayerSpec(**s) for s in info.get("projector_layout", [])]  # older exports: none (x8)
     return dataclasses.replace(
         cfg,
         whisper=whisper,
         tokenizer=str((folder / "tokenizer").resolve()),
         canvas_length=cfg.canvas_length or int(info["canvas_length"]),
         canvas=cfg.canvas or info.get("canvas", "packed"),
-        subsampling=cfg.subsampling or (M.layout_subsampling([M.LayerSpec(**s) for s in layout]) if layout else None),
-        projector_attention=cfg.projector_attention or sum(s["kind"] == "attention" for s in layout or []),
+        subsampling=cfg.subsampling or (M.layout_subsampling(layout) if layout else None),
+        projector_attention=cfg.projector_attention or M.layout_attention_blocks(layout),
     )
 
 
@@ -321,8 +327,7 @@ def build_model(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
         if small_model_folder(cfg.model) is None:
             raise ValueError("--subsampling applies to new small models and to --model FOLDER (re-strided)")
         restride_projector(speech, cfg.subsampling)
-    blocks = sum(s.kind == "attention" for s in speech.projector.layout)
-    if cfg.projector_attention and cfg.projector_attention != blocks:
+    if cfg.projector_attention and cfg.projector_attention != M.layout_attention_blocks(speech.projector.layout):
         if small_model_folder(cfg.model) is None:
             raise ValueError("--projector-attention applies to new small models and to --model FOLDER")
         add_projector_attention(speech, cfg.projector_attention)
