@@ -124,7 +124,9 @@ class TrainConfig:
     max_seconds: float = 30.0
     # small model (``--model small``)
     whisper: str = str(DEFAULT_WHISPER_DIR)  # exported whisper encoder folder, or tiny-random
-    tokenizer: str = "byte"  # byte, or a tokenizer folder (must know the turn and audio marker tokens)
+    # byte, or a tokenizer folder (must know the turn and audio marker tokens); None: byte for a new small model, the
+    # model's own for --model FOLDER (another one there: the model moves to its vocabulary, revocab_backbone)
+    tokenizer: str | None = None
     hidden: int = 256
     layers: int = 4
     heads: int = 4
@@ -194,11 +196,9 @@ def build_small(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
     from transformers import DiffusionGemmaForBlockDiffusion
 
     whisper, features = load_whisper(cfg.whisper, seed=cfg.seed)
-    tokenizer = load_tokenizer(cfg.tokenizer)
-    vocab = len(tokenizer)
-    vocab += (-vocab) % 64  # room for the (unused) image marker ids, and a friendlier matrix size
-    if cfg.tokenizer == "byte":
-        vocab = 512
+    spec = cfg.tokenizer or "byte"
+    tokenizer = load_tokenizer(spec)
+    vocab = 512 if spec == "byte" else backbone_vocab(tokenizer)
     eos = tokenizer.eos_token_id
     subsampling = cfg.subsampling or M.SUBSAMPLING
     layout = M.default_projector_layout(whisper.config.d_model, cfg.projector_hidden, cfg.hidden, subsampling)
@@ -219,6 +219,53 @@ def build_small(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
     backbone.generation_config.eos_token_id = [eos]
     prompt = M.prompt_format_from_tokenizer(tokenizer, eos_ids=[eos])
     return SpeechModel(whisper, projector, backbone, prompt), tokenizer, features
+
+
+def backbone_vocab(tokenizer) -> int:
+    """The small backbone's vocabulary for ``tokenizer``: its size rounded up to a multiple of 64 (room for the unused
+    image marker ids, and a friendlier matrix size)."""
+    vocab = len(tokenizer)
+    return vocab + (-vocab) % 64
+
+
+def revocab_backbone(speech: SpeechModel, old_tokenizer, tokenizer) -> None:
+    """Move a trained small model to another tokenizer's vocabulary (``--model FOLDER --tokenizer NEW``): every
+    backbone weight is kept except the (tied) embedding matrix, which is rebuilt with a row per new id: the mean of
+    the old rows of the ids the old tokenizer gives the new token's text (special and marker tokens take the row of
+    the same token). So the CTC head and the denoiser start near where they were instead of from scratch; the
+    prompt is encoded again with the new tokenizer."""
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    old = speech.backbone
+    vocab = backbone_vocab(tokenizer)
+    text = old.config.text_config
+    settings = {k: v for k, v in text.to_dict().items() if k not in ("model_type", "transformers_version")}
+    settings.update(
+        vocab_size=vocab, vocab_size_per_layer_input=vocab, pad_token_id=tokenizer.pad_token_id or 0,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+    )  # fmt: skip
+    backbone = DiffusionGemmaForBlockDiffusion(M.small_config(settings, old.config.canvas_length))
+    backbone.to(old.dtype)
+    embed = old.get_input_embeddings().weight.detach()
+    weights = {k: v for k, v in old.state_dict().items() if v.shape[:1] != embed.shape[:1] or v.ndim != 2}
+    missing, unexpected = backbone.load_state_dict(weights, strict=False)
+    rows = backbone.get_input_embeddings().weight
+    if unexpected or any(backbone.get_parameter(k) is not rows for k in missing if not k.endswith("lm_head.weight")):
+        raise ValueError(f"the backbone's weights do not fit the new vocabulary: {unexpected or missing}")
+    old_added = {t.content: i for i, t in old_tokenizer.added_tokens_decoder.items()}
+    with torch.no_grad():
+        for i in range(len(tokenizer)):
+            added = tokenizer.added_tokens_decoder.get(i)
+            if added is not None and added.content in old_added:  # <pad>, <eos>, the turn and audio markers...
+                rows[i] = embed[old_added[added.content]]
+                continue
+            ids = old_tokenizer.encode(tokenizer.decode([i]), add_special_tokens=False)
+            if ids:
+                rows[i] = embed[ids].mean(0)
+    backbone.tie_weights()
+    backbone.generation_config.eos_token_id = [tokenizer.eos_token_id]
+    speech.backbone = backbone
+    speech.prompt = M.prompt_format_from_tokenizer(tokenizer, eos_ids=[tokenizer.eos_token_id])
 
 
 def sliding_window(slots: int, canvas: int) -> int:
@@ -278,7 +325,7 @@ def continue_settings(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(
         cfg,
         whisper=whisper,
-        tokenizer=str((folder / "tokenizer").resolve()),
+        tokenizer=cfg.tokenizer or str((folder / "tokenizer").resolve()),
         canvas_length=cfg.canvas_length or int(info["canvas_length"]),
         canvas=cfg.canvas or info.get("canvas", "packed"),
         subsampling=cfg.subsampling or (M.layout_subsampling(layout) if layout else None),
@@ -309,6 +356,10 @@ def build_model(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
         speech = SpeechModel(whisper, projector, backbone, prompt)
     elif (folder := small_model_folder(cfg.model)) is not None:  # trained further (fresh optimizer)
         speech, tokenizer, features = loading.load_small_model(folder, canvas_length=cfg.canvas_length)
+        own = (folder / "tokenizer").resolve()
+        if cfg.tokenizer and Path(cfg.tokenizer).resolve() != own:  # another vocabulary
+            old_tokenizer, tokenizer = tokenizer, load_tokenizer(cfg.tokenizer)
+            revocab_backbone(speech, old_tokenizer, tokenizer)
     else:  # an existing adapter, trained further
         speech, tokenizer, features = loading.build(
             cfg.model, cfg.device, dtype, backbone=cfg.backbone, whisper=cfg.whisper_id, canvas_length=cfg.canvas_length
@@ -1236,7 +1287,12 @@ def parser() -> argparse.ArgumentParser:
                  "channel_dropout"):  # fmt: skip
         kind = {int: int, float: float}.get(type(getattr(d, name)), int)
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name))
-    helps = {"cache_dir": "whisper-output cache folder (default OUT/frames), or 'memory': kept on --device"}
+    helps = {
+        "cache_dir": "whisper-output cache folder (default OUT/frames), or 'memory': kept on --device",
+        "tokenizer": "byte or a tokenizer folder (train/make_tokenizer.py): a new small model's (default byte); with "
+        "--model FOLDER another vocabulary for it (default its own): embeddings rebuilt from the old ones, every other "
+        "weight kept",
+    }
     for name in ("cache_dir", "cache_dtype", "device", "whisper", "tokenizer", "backbone", "whisper_id", "dtype",
                  "eval_manifest"):  # fmt: skip
         p.add_argument("--" + name.replace("_", "-"), default=getattr(d, name), help=helps.get(name))

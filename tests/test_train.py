@@ -6,6 +6,8 @@ import dataclasses
 import itertools
 import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -695,3 +697,53 @@ def test_small_models_train_on_trimmed_frames_by_default():
     args = T.parser().parse_args(["--manifest", "m.tsv", "--out", "o", "--no-trim-encoder"])
     assert args.trim_encoder is False
     assert T.parser().parse_args(["--manifest", "m.tsv", "--out", "o"]).trim_encoder is None
+
+
+def test_a_trained_small_model_moves_to_another_vocabulary(manifest, tmp_path):
+    """--model FOLDER --tokenizer NEW: every backbone weight but the tied embeddings kept; each new id's row the mean
+    of the old rows of its text's old ids; the prompt in new ids; trains, exports and transcribes in the new one."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+    from make_tokenizer import train_tokenizer
+
+    first = T.TrainConfig(
+        manifest=str(manifest), out=str(tmp_path / "a"), model="small", train="all", whisper="tiny-random",
+        tokenizer="byte", hidden=32, layers=2, heads=2, experts=2, projector_hidden=32, canvas_length=16, steps=1,
+        batch_size=2,
+    )  # fmt: skip
+    T.train(first, progress=False)
+    folder = tmp_path / "a" / "model"
+    old, old_tok, _ = T.load_exported(folder)
+    new_tok = train_tokenizer([t.upper() + "!" for t in TEXTS] * 20, 300, normalise=True)
+    new_tok.save_pretrained(tmp_path / "tok")
+    assert new_tok.decode(new_tok.encode("The Cat, sat!", add_special_tokens=False)) == "the cat sat"
+
+    cfg = T.TrainConfig(manifest=str(manifest), model=str(folder), train="all", tokenizer=str(tmp_path / "tok"))
+    cfg = T.continue_settings(cfg)
+    speech, tokenizer, _ = T.build_model(cfg)
+    assert len(tokenizer) == len(new_tok)
+    vocab = speech.backbone.config.text_config.vocab_size
+    assert vocab % 64 == 0 and len(new_tok) <= vocab < len(new_tok) + 64
+    before, after = old.backbone.state_dict(), speech.backbone.state_dict()
+    embedding_keys = {k for k, v in after.items() if v.shape == (vocab, 32)}
+    assert embedding_keys and all(k.endswith("embed_tokens.weight") or k == "lm_head.weight" for k in embedding_keys)
+    for key, tensor in after.items():
+        if key not in embedding_keys:
+            torch.testing.assert_close(tensor, before[key], rtol=0, atol=0, msg=key)
+    rows, old_rows = speech.backbone.get_input_embeddings().weight, old.backbone.get_input_embeddings().weight
+    assert speech.backbone.lm_head.weight.data_ptr() == rows.data_ptr()  # still tied
+    piece = new_tok.convert_tokens_to_ids("Ġcat") if "Ġcat" in new_tok.get_vocab() else new_tok.encode(" cat")[0]
+    old_ids = old_tok.encode(new_tok.decode([piece]), add_special_tokens=False)
+    assert len(old_ids) > 1  # bytes in the old tokenizer
+    torch.testing.assert_close(rows[piece], old_rows[old_ids].mean(0))
+    for token in ["<pad>", "<eos>", "<bos>", "<|turn>", "<|audio|>", "<audio|>"]:  # the same token's row (other ids)
+        new_id, old_id = new_tok.convert_tokens_to_ids(token), old_tok.convert_tokens_to_ids(token)
+        torch.testing.assert_close(rows[new_id], old_rows[old_id], rtol=0, atol=0, msg=token)
+    assert old_tok.convert_tokens_to_ids("<|audio|>") != new_tok.convert_tokens_to_ids("<|audio|>")
+    assert speech.prompt == M.prompt_format_from_tokenizer(new_tok, eos_ids=[new_tok.eos_token_id])
+
+    T.train(dataclasses.replace(cfg, out=str(tmp_path / "b"), steps=2, batch_size=2), progress=False)
+    pipe = asr.load(str(tmp_path / "b" / "model"), device="cpu")
+    assert len(pipe.tokenizer) == len(new_tok) and pipe.model.backbone.config.text_config.vocab_size == vocab
+    assert isinstance(pipe.transcribe(str(manifest.parent / "c1.flac"), steps=2).text, str)
+    shipped = pipe.tokenizer.encode("The Cat, sat!", add_special_tokens=False)  # the normaliser travels with it
+    assert pipe.tokenizer.decode(shipped) == "the cat sat"
