@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 import torch
 import torch.nn.functional as F
@@ -121,8 +120,11 @@ def evaluate(name: str, manifest: Path) -> dict:
 
 def run_eval(step: int) -> dict:
     speech.projector.eval()
-    res = {"step": step, "real": evaluate("real", W / "real-speech/manifest.tsv"),
-           "kokoro": evaluate("kokoro", W / "kokoro-test/test.tsv")}
+    res = {
+        "step": step,
+        "real": evaluate("real", W / "real-speech/manifest.tsv"),
+        "kokoro": evaluate("kokoro", W / "kokoro-test/test.tsv"),
+    }
     speech.projector.train()
     with open(out / "eval.jsonl", "a") as f:
         f.write(json.dumps(res) + "\n")
@@ -150,7 +152,8 @@ log = open(out / "log.jsonl", "w")
 t0 = time.time()
 for step in range(1, args.steps + 1):
     warm = 30
-    lr = args.lr * (step / warm if step <= warm else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warm) / (args.steps - warm))))
+    cosine = 0.5 * (1 + math.cos(math.pi * (step - warm) / (args.steps - warm)))
+    lr = args.lr * (step / warm if step <= warm else 0.1 + 0.9 * cosine)
     for g in opt.param_groups:
         g["lr"] = lr
     if len(order) < args.batch:
@@ -163,19 +166,25 @@ for step in range(1, args.steps + 1):
     lp = F.log_softmax(logits(frames).float(), -1)
     S = lp.shape[1]
     lengths = torch.tensor([min(S, M.audio_slots(e.seconds, speech.projector.subsampling)) for e in batch])
-    need = torch.tensor([len(e.ids) + sum(a == b for a, b in zip(e.ids, e.ids[1:])) for e in batch])
+    need = torch.tensor([len(e.ids) + sum(a == b for a, b in zip(e.ids, e.ids[1:], strict=False)) for e in batch])
     lengths = torch.where(need > lengths, torch.full_like(lengths, S), lengths)
     tl = torch.tensor([len(e.ids) for e in batch])
-    per = F.ctc_loss(lp.transpose(0, 1), torch.tensor([t for e in batch for t in e.ids]), lengths, tl,
-                     blank=blank, reduction="none", zero_infinity=True)
+    per = F.ctc_loss(
+        lp.transpose(0, 1),
+        torch.tensor([t for e in batch for t in e.ids]),
+        lengths,
+        tl,
+        blank=blank,
+        reduction="none",
+        zero_infinity=True,
+    )
     loss = (per / tl).mean()
     opt.zero_grad()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     chars = sum(len(normalise(e.text)) for e in batch)
-    row = {"step": step, "ctc": loss.item(), "nats_per_char": per.sum().item() / chars,
-           "lr": lr, "s": time.time() - t0}
+    row = {"step": step, "ctc": loss.item(), "nats_per_char": per.sum().item() / chars, "lr": lr, "s": time.time() - t0}
     log.write(json.dumps(row) + "\n")
     log.flush()
     if step % 10 == 0:
