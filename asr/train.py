@@ -247,10 +247,10 @@ def revocab_backbone(speech: SpeechModel, old_tokenizer, tokenizer) -> None:
     backbone = DiffusionGemmaForBlockDiffusion(M.small_config(settings, old.config.canvas_length))
     backbone.to(old.dtype)
     embed = old.get_input_embeddings().weight.detach()
-    weights = {k: v for k, v in old.state_dict().items() if v.shape[:1] != embed.shape[:1] or v.ndim != 2}
+    weights = {k: v for k, v in old.state_dict().items() if v.data_ptr() != embed.data_ptr()}  # all but the tied ones
     missing, unexpected = backbone.load_state_dict(weights, strict=False)
     rows = backbone.get_input_embeddings().weight
-    if unexpected or any(backbone.get_parameter(k) is not rows for k in missing if not k.endswith("lm_head.weight")):
+    if unexpected or any(backbone.get_parameter(k) is not rows for k in missing):
         raise ValueError(f"the backbone's weights do not fit the new vocabulary: {unexpected or missing}")
     old_added = {t.content: i for i, t in old_tokenizer.added_tokens_decoder.items()}
     with torch.no_grad():
