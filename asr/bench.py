@@ -43,7 +43,7 @@ from torch import nn
 from . import audio as A
 from . import fast
 from . import model as M
-from .decoding import DenoiseOptions, denoise, eager_step
+from .decoding import DenoiseOptions, denoise, draw_torch, eager_step
 from .pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -298,6 +298,7 @@ def build_stack(size: str, device: str, canvas_length: int = CANVAS) -> Stack:
     tokenizer = StandInTokenizer([prompt.pad_id, *prompt.eos_ids, *prompt.prefix[:1]])
     label = f"{size}-random (random weights: output is noise, for benchmarks only)"
     pipeline = Pipeline(speech, tokenizer, features, name=label, device=device, cuda_graphs=False)
+    info["sampling"] = "fused" if fast.fused_sampling(speech.backbone) else "reference"  # asr.kernels.use_fused
     if device.startswith("cuda"):
         info["weights_gb"] = torch.cuda.memory_allocated() / GB
     return Stack(pipeline, size, device, seconds, info)
@@ -389,12 +390,12 @@ def graphed_pipeline(pipe: Pipeline, on: bool = True) -> Iterator[None]:
     if not on:
         yield
         return
-    saved = pipe.cuda_graphs, pipe.graph_max_batch
-    pipe.cuda_graphs, pipe.graph_max_batch = True, 1 << 30
+    saved = pipe.cuda_graphs, pipe.graph_max_batch, pipe.graph_max_batch_fused
+    pipe.cuda_graphs, pipe.graph_max_batch, pipe.graph_max_batch_fused = True, 1 << 30, 1 << 30
     try:
         yield
     finally:
-        pipe.cuda_graphs, pipe.graph_max_batch = saved
+        pipe.cuda_graphs, pipe.graph_max_batch, pipe.graph_max_batch_fused = saved
 
 
 def device_label(device: str) -> str:
@@ -443,6 +444,8 @@ class Settings:
 class Bench:
     """Runs the cases on one stack, collects records and writes them to ``out`` after every case."""
 
+    fused_step_batches = (1, 16, 20)  # sampling(): the batches of the fused-step cases
+
     def __init__(self, stack: Stack, settings: Settings, out: Path | None):
         self.stack, self.s, self.out = stack, settings, out
         self.device = stack.device
@@ -454,6 +457,7 @@ class Bench:
             "size": stack.size,
             "dtype": stack.info.get("dtype"),
             "kernels": stack.info.get("kernels"),  # asr.loading.use_kernels: what the cases without a suffix ran
+            "sampling": stack.info.get("sampling"),  # the denoising loop: denoise_fused ("fused") or denoise
             "canvas": stack.model.canvas_length,
             "commit": os.environ.get("BENCH_COMMIT") or git_commit(),  # the device machine's .git can be stale
             "torch": torch.__version__,
@@ -474,6 +478,9 @@ class Bench:
         rec.update({k: _round(v) if isinstance(v, float) else v for k, v in fields.items()})
         if os.name == "posix":
             rec.setdefault("loadavg_1m", round(os.getloadavg()[0], 2))
+        kernels = sys.modules.get(f"{__package__}.kernels")
+        if kernels is not None and kernels.FAILED:  # a kernel that failed runs transformers' (or eager) code since
+            rec["kernels_failed"] = dict(kernels.FAILED)
         self.records.append(rec)
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -574,6 +581,8 @@ class Bench:
         if not self.s.quick:
             self.case("20x30s-8steps-cudagraph", lambda: self.graph_case(20))
         self._drop_graphs()
+        if dev.startswith("cuda"):  # the fused sampling loop (the CUDA default): its check, batch 20, attribution
+            self.case("sampling", self.sampling)
         if dev.startswith("cuda"):  # asr.kernels (on by default on CUDA): the experts alone, then the variants
             self.case("moe-layer", self.moe_layer)
             self.case("unfused", lambda: self.variant(norms=False, experts=False))  # what ASR_KERNELS=off runs
@@ -844,6 +853,98 @@ class Bench:
                                      note=f"{what}; asr.fast CUDA graphs", **extra)  # fmt: skip
         self._drop_graphs()
 
+    def sampling(self) -> None:
+        """The fused sampling loop (:func:`asr.decoding.denoise_fused`, the CUDA default since it exists):
+        ``check-fused-sampling`` (the kernel against the eager draw on real-size logits, given the same exponential
+        draws), one fused step (decoder forward + the kernel) at batch 1 / 16 / 20, 20 windows in one batch of 20
+        (eager and graphed), and the same cases with the reference loop (``-refsampling``) for attribution."""
+        self._check_fused_sampling()
+        model, pipe = self.stack.model, self.stack.pipeline
+        with torch.inference_mode():
+            embeds = model.prompt_embeddings(model.embed_audio(pipe.features([self.audio(1)]).to(self.device)))
+            for batch in self.fused_step_batches:
+                self._fused_step(embeds, batch)
+        self.transcribe_case("20x30s-8steps-batch20", 20, 8, batch_size=20, note="Pipeline batch_size=20 (one batch)")
+        with graphed_pipeline(pipe):
+            self.transcribe_case("20x30s-8steps-cudagraph-batch20", 20, 8, batch_size=20, warmup=1,
+                                 note="Pipeline batch_size=20 (one batch); asr.fast CUDA graphs")  # fmt: skip
+        self._drop_graphs()
+        bb = model.backbone
+        fast.use_fused_sampling(bb, False)
+        try:
+            extra = {"sampling": "reference"}
+            with graphed_pipeline(pipe):
+                self.transcribe_case(
+                    "1x30s-8steps-cudagraph-refsampling",
+                    1,
+                    8,
+                    warmup=1,
+                    note="the reference loop (asr.decoding.denoise); asr.fast CUDA graphs",
+                    **extra,
+                )
+            self._drop_graphs()
+            self.transcribe_case("20x30s-8steps-refsampling", 20, 8, note="the reference loop; Pipeline batch_size=16",
+                                 **extra)  # fmt: skip
+        finally:
+            fast.use_fused_sampling(bb, self.stack.info.get("sampling") == "fused")
+            self._drop_graphs()
+
+    def _check_fused_sampling(self) -> None:
+        """asr.kernels.sample_logits on logits of the stack's size and dtype (real: 1 x 192 x 262144, bf16) against
+        asr.decoding.draw_torch, given the same exponential draws: the same samples and argmax, entropies and
+        probabilities to rounding."""
+        from . import kernels
+
+        bb, dev = self.stack.model.backbone, self.device
+        vocab, length = bb.config.text_config.vocab_size, bb.config.canvas_length
+        gen = torch.Generator(device=dev).manual_seed(3)
+        logits = torch.randn(1, length, vocab, device=dev, generator=gen) * 3
+        logits[0, ::2].scatter_(-1, torch.randint(0, vocab, (length // 2, 1), device=dev, generator=gen), 40.0)
+        logits = logits.to(bb.model.decoder.embed_tokens.weight.dtype)
+        softcap = bb.config.text_config.final_logit_softcapping
+        ref_probs = torch.empty_like(logits)
+        ref = draw_torch(logits, 0.7, softcap, ref_probs, torch.Generator(device=dev).manual_seed(5))
+        q = torch.empty(logits.shape, device=dev).exponential_(generator=torch.Generator(device=dev).manual_seed(5))
+        buf = logits.clone()
+        got = kernels.sample_logits(buf, 0.7, softcap, buf, q=q)
+        same_sample = float((got.sampled == ref.sampled).float().mean())
+        same_argmax = float((got.argmax == ref.argmax).float().mean())
+        entropy_err = float((got.entropy - ref.entropy).abs().max())
+        probs_err = float((buf.float() - ref_probs.float()).abs().max())
+        ok = same_sample == 1.0 and same_argmax == 1.0 and entropy_err < 1e-3 and probs_err < 1e-3
+        seed = torch.ones(1, dtype=torch.long, device=dev)
+        timing = measure(lambda: kernels.sample_logits(buf, 0.7, softcap, buf, seed=seed), dev, self.s.repeats, 1)
+        note = (
+            "asr.kernels.sample_logits vs the eager draw, logits of the model's size and dtype, same exponential "
+            "draws: samples, argmax equal; entropy, probabilities to rounding"
+        )
+        self.add("check-fused-sampling", None, _peak(dev), ok=ok, batch=1, same_sample=same_sample,
+                 same_argmax=same_argmax, entropy_max_err=entropy_err, probs_max_err=probs_err,
+                 kernel_s=timing.seconds, note=note)  # fmt: skip
+
+    def _fused_step(self, embeds: torch.Tensor, batch: int) -> None:
+        """One step of the fused loop, eager: the decoder forward into the bf16 buffer (FusedStepRunner) and the
+        sampling kernel, after a real prefill; the counterpart of ``decoder-step`` plus the sampling between steps."""
+        from . import kernels
+
+        bb, dev = self.stack.model.backbone, self.device
+        cache = self.stack.model.prefill(embeds.expand(batch, -1, -1).contiguous())
+        runner = fast.FusedStepRunner(bb, cache, embeds.shape[1], batch, use_graph=False)
+        vocab = bb.config.text_config.vocab_size
+        canvas = torch.randint(0, vocab, (batch, bb.config.canvas_length), device=dev)
+        seed = torch.ones(1, dtype=torch.long, device=dev)
+        softcap = bb.config.text_config.final_logit_softcapping
+
+        def step():
+            logits = runner(canvas, True)
+            return kernels.sample_logits(logits, 0.7, softcap, logits, seed=seed)
+
+        timing = measure(step, dev, self.s.repeats, self.s.warmup)
+        name = "fused-step" if batch == 1 else f"fused-step-{batch}x"
+        self.add(name, timing.seconds, timing.peak_gb, batch=batch, segments=batch, repeats=len(timing.samples),
+                 note="eager: decoder forward (bf16 logits, self-conditioning from the probabilities) + sampling "
+                 "kernel")  # fmt: skip
+
     def profile_batch(self, segments: int = 16) -> None:
         """Operator table of one eager ``Pipeline.transcribe`` of ``segments`` windows (one batch, 8 steps, the stack's
         default kernels), into ``OUT/transcribe-16x-profile.txt``: how the full-vocabulary work of sampling
@@ -1057,10 +1158,13 @@ TARGETS = [  # issue 4, for real-size GPU runs: (case, what, limit in seconds)
 
 def pipeline_path(cases: tuple[str, ...], run: list[dict[str, Any]]) -> tuple[str, ...]:
     """The cases as ``Pipeline`` runs them by default: on CUDA, batches of at most ``Pipeline.graph_max_batch``
-    windows replay CUDA graphs, so such cases are judged by their ``-cudagraph`` records where the run has all of them
-    (a pair compared with each other is taken from the same path)."""
+    windows (``graph_max_batch_fused`` with the fused loop: runs whose records say ``sampling: fused``) replay CUDA
+    graphs, so such cases are judged by their ``-cudagraph`` records where the run has all of them (a pair compared
+    with each other is taken from the same path). Cases are in batches of 16 windows (``transcribe``'s default)."""
     have = {r["case"] for r in run}
-    small = all(c[:1].isdigit() and int(c.split("x", 1)[0]) <= Pipeline.graph_max_batch for c in cases)
+    fused = any(r.get("sampling") == "fused" for r in run)
+    limit = Pipeline.graph_max_batch_fused if fused else Pipeline.graph_max_batch
+    small = all(c[:1].isdigit() and min(16, int(c.split("x", 1)[0])) <= limit for c in cases)
     graphed = tuple(f"{c}-cudagraph" for c in cases)
     return graphed if small and set(graphed) <= have else cases
 
@@ -1085,9 +1189,12 @@ def targets_table(run: list[dict[str, Any]]) -> list[str]:
     cost = (rec - norec) / norec if rec and norec else None
     rows.append(("cost of recording every step", "<= 5 %", _fmt(None if cost is None else 100 * cost, " %", 1),
                  _met(cost, 0.05), names))  # fmt: skip
-    peaks = [r["peak_gb"] for r in run if r.get("peak_gb") is not None and not r["case"].startswith("baseline")]
+    # the reference loop's attribution cases (-refsampling) are not the default path where the run has the fused one
+    skip = ("baseline",) + (("-refsampling",) if any(r.get("sampling") == "fused" for r in run) else ())
+    peaks = [r["peak_gb"] for r in run if r.get("peak_gb") is not None and not any(k in r["case"] for k in skip)]
     peak = max(peaks) if peaks else None
-    rows.append(("peak GPU memory (project path)", "<= 60 GB", _fmt(peak, " GB", 2), _met(peak, 60.0), "all cases"))
+    where = "all cases" + (" but -refsampling" if len(skip) > 1 else "")
+    rows.append(("peak GPU memory (project path)", "<= 60 GB", _fmt(peak, " GB", 2), _met(peak, 60.0), where))
     lines = ["| target | limit | measured | met | from |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
     return lines

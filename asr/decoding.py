@@ -148,12 +148,7 @@ def denoise(
         if options.early_stop
         else None
     )  # fmt: skip
-    if initial is None:
-        canvas = torch.randint(0, vocab, (batch_size, canvas_length), device=device, generator=generator)
-    elif initial.shape != (batch_size, canvas_length):
-        raise ValueError(f"initial canvas of shape {tuple(initial.shape)}, need {(batch_size, canvas_length)}")
-    else:
-        canvas = initial.to(device=device, dtype=torch.long)
+    canvas = first_canvas(initial, batch_size, canvas_length, vocab, device, generator)
     argmax = canvas
     self_conditioning = None
     finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
@@ -180,7 +175,7 @@ def denoise(
         noise = torch.randint(0, vocab, (batch_size, canvas_length), device=device, generator=generator)
         new_canvas = torch.where(accepted, accepted_canvas, noise)
         if rec is not None:
-            rec.put(steps_run, remaining / options.steps, options, canvas, sampled, new_argmax, accepted, confidence,
+            rec.put(steps_run, temperature_at(options, remaining), canvas, sampled, new_argmax, accepted, confidence,
                     entropy)  # fmt: skip
         if stoppers is not None:
             if any_finished:  # rows that stopped earlier keep their result (as in generate())
@@ -195,6 +190,160 @@ def denoise(
             break
     trace = rec.to_host(steps_run) if rec is not None else None
     return DenoiseResult(tokens=argmax, steps_run=steps_run, trace=trace, logits=last_logits)
+
+
+def first_canvas(
+    initial: torch.Tensor | None, batch_size: int, length: int, vocab: int, device, generator: torch.Generator | None
+) -> torch.Tensor:
+    """``initial`` (checked and moved), or uniform random tokens as ``generate()`` starts."""
+    if initial is None:
+        return torch.randint(0, vocab, (batch_size, length), device=device, generator=generator)
+    if initial.shape != (batch_size, length):
+        raise ValueError(f"initial canvas of shape {tuple(initial.shape)}, need {(batch_size, length)}")
+    return initial.to(device=device, dtype=torch.long)
+
+
+def temperature_at(options: DenoiseOptions, remaining: int) -> float:
+    """The temperature of the step with ``remaining`` steps left (``LinearTemperatureScheduleLogitsProcessor``'s)."""
+    return options.t_min + (options.t_max - options.t_min) * (remaining / options.steps)
+
+
+# --- the fused loop ----------------------------------------------------------------------------------------------
+# The same algorithm as denoise(), on raw logits: one kernel (asr.kernels.sample_logits) replaces the ~30 eager
+# full-vocabulary passes between two steps, and the self-conditioning input is the kernel's probabilities in the
+# embedding dtype instead of float32 logits. The library's acceptance and stopping rules run on the kernel's
+# entropies (entropy_bound_accept, StableAndConfident below; tests compare both with the library's classes).
+
+
+@dataclass
+class Draw:
+    """One step's draw from raw logits, each (batch, canvas): the sampled and argmax tokens (int64), and the entropy
+    (nats) and top probability of every position's distribution (float32)."""
+
+    sampled: torch.Tensor
+    argmax: torch.Tensor
+    entropy: torch.Tensor
+    confidence: torch.Tensor
+
+
+def draw_torch(
+    logits: torch.Tensor, temperature: float, softcap: float | None, probs: torch.Tensor,
+    generator: torch.Generator | None,
+) -> Draw:  # fmt: skip
+    """:func:`asr.kernels.sample_logits` in eager PyTorch (its reference, and the path without the kernel): the
+    model's softcapping in float32, the temperature, :func:`sample`'s draw, ``Categorical``'s entropy, and
+    ``softmax(scaled.to(probs.dtype))`` written into ``probs`` (which may be ``logits``)."""
+    scaled = logits.float()
+    if softcap is not None:
+        scaled = torch.tanh(scaled / softcap) * softcap
+    scaled = scaled / temperature
+    sampled, confidence, _ = sample(scaled, generator)
+    entropy = torch.cat([torch.distributions.Categorical(logits=row).entropy()[None] for row in scaled])
+    argmax = scaled.argmax(dim=-1)
+    for b in range(len(scaled)):  # a row at a time: one float32 softmax of a row, not the batch's
+        probs[b] = torch.softmax(scaled[b].to(probs.dtype), dim=-1, dtype=torch.float32)
+    return Draw(sampled, argmax, entropy, confidence)
+
+
+def entropy_bound_accept(entropy: torch.Tensor, bound: float) -> torch.Tensor:
+    """``EntropyBoundSampler.accept_canvas``'s rule on given entropies (batch, canvas): accept the lowest-entropy
+    positions while the sum of their entropies less the largest stays <= ``bound``. Returns the accepted mask."""
+    ordered, order = torch.sort(entropy, dim=-1, descending=False)
+    selected = torch.cumsum(ordered, dim=-1) - ordered <= bound
+    return torch.scatter(torch.zeros_like(selected), dim=-1, index=order, src=selected)
+
+
+class StableAndConfident:
+    """``StableAndConfidentStoppingCriteria`` on given entropies: a row stops once its argmax canvas has not
+    changed for ``stability`` steps and the mean entropy of its positions is below ``confidence``."""
+
+    def __init__(self, stability: int, confidence: float):
+        self.stability, self.confidence = stability, confidence
+        self.history: torch.Tensor | None = None
+
+    def __call__(self, argmax: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
+        if self.stability == 0:
+            stable = torch.ones(len(argmax), dtype=torch.bool, device=argmax.device)
+        else:
+            if self.history is None:
+                self.history = torch.full((self.stability, *argmax.shape), -1, dtype=argmax.dtype, device=argmax.device)
+            stable = (self.history == argmax[None]).all(dim=-1).all(dim=0)
+            self.history = torch.cat([self.history[1:], argmax[None]])
+        return stable & (entropy.mean(dim=-1) < self.confidence)
+
+
+FusedStepFn = Callable[[torch.Tensor, bool], torch.Tensor]
+
+
+@torch.no_grad()
+def denoise_fused(
+    backbone,
+    step: FusedStepFn,
+    batch_size: int,
+    options: DenoiseOptions = DenoiseOptions(),
+    generator: torch.Generator | None = None,
+    record: bool = True,
+    canvas_length: int | None = None,
+    initial: torch.Tensor | None = None,
+    use_kernel: bool | None = None,
+) -> DenoiseResult:
+    """:func:`denoise` on raw logits, for the GPU. ``step(canvas, conditioned)`` runs the decoder and returns its
+    (batch, canvas, vocab) lm_head output before softcapping, in the embedding dtype, in a buffer the step reads
+    again at its next call as the self-conditioning probabilities (``conditioned``: False at the first step); the
+    loop overwrites it with them (``asr.fast.FusedStepRunner`` is such a step).
+
+    ``use_kernel`` (default: on CUDA) draws with :func:`asr.kernels.sample_logits` (Philox random numbers, so other
+    tokens than :func:`denoise` for the same seed; the same distribution); otherwise :func:`draw_torch`, which
+    consumes the generator as :func:`denoise` does: then the result and the record equal :func:`denoise`'s
+    (tests/test_fast.py), the record's entropies to float rounding. A kernel that fails falls back to it."""
+    config = backbone.config
+    vocab, canvas_length = config.text_config.vocab_size, canvas_length or config.canvas_length
+    device = backbone.device
+    softcap = config.text_config.final_logit_softcapping
+    use_kernel = device.type == "cuda" if use_kernel is None else use_kernel
+    canvas = first_canvas(initial, batch_size, canvas_length, vocab, device, generator)
+    argmax = canvas
+    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    stopping = None
+    if options.early_stop:
+        stopping = StableAndConfident(options.stability_threshold, options.confidence_threshold)
+    rec = _Recorder(options.steps, batch_size, canvas_length, device) if record else None
+    steps_run = 0
+    for remaining in range(options.steps, 0, -1):
+        logits = step(canvas, steps_run > 0)
+        draw = _draw(logits, temperature_at(options, remaining), softcap, generator, use_kernel)
+        accepted = entropy_bound_accept(draw.entropy, options.entropy_bound)
+        noise = torch.randint(0, vocab, (batch_size, canvas_length), device=device, generator=generator)
+        new_canvas = torch.where(accepted, draw.sampled, noise)
+        new_argmax = draw.argmax
+        if rec is not None:
+            rec.put(steps_run, temperature_at(options, remaining), canvas, draw.sampled, new_argmax, accepted,
+                    draw.confidence, draw.entropy)  # fmt: skip
+        if stopping is not None:  # rows that stopped earlier keep their result (as in generate())
+            new_argmax = torch.where(finished[:, None], argmax, new_argmax)
+            new_canvas = torch.where(finished[:, None], canvas, new_canvas)
+            finished |= stopping(new_argmax, draw.entropy)
+        canvas, argmax = new_canvas, new_argmax
+        steps_run += 1
+        if stopping is not None and bool(finished.all()):
+            break
+    trace = rec.to_host(steps_run) if rec is not None else None
+    return DenoiseResult(tokens=argmax, steps_run=steps_run, trace=trace)
+
+
+def _draw(logits, temperature, softcap, generator, use_kernel: bool) -> Draw:
+    """The step's draw, the probabilities written over ``logits``: by the kernel, or :func:`draw_torch`."""
+    if not use_kernel:
+        return draw_torch(logits, temperature, softcap, logits, generator)
+    from . import kernels  # triton: imported only where the kernel runs
+
+    seed_device = generator.device if generator is not None else logits.device
+    seed = torch.randint(0, 2**62, (1,), device=seed_device, generator=generator).to(logits.device)
+    return kernels.guarded(
+        "sampling",
+        lambda: kernels.sample_logits(logits, temperature, softcap, logits, seed=seed),
+        lambda: draw_torch(logits, temperature, softcap, logits, generator),
+    )
 
 
 def fuse_ctc(logits: torch.Tensor, ctc_logits: torch.Tensor, weight: float) -> torch.Tensor:
@@ -267,8 +416,8 @@ class _Recorder:
         self.confidence = torch.zeros(shape, dtype=torch.float16, device=device)
         self.entropy = torch.zeros(shape, dtype=torch.float16, device=device)
 
-    def put(self, i, fraction, options, canvas, sampled, argmax, accepted, confidence, entropy) -> None:
-        self.temperature[i] = options.t_min + (options.t_max - options.t_min) * fraction
+    def put(self, i, temperature, canvas, sampled, argmax, accepted, confidence, entropy) -> None:
+        self.temperature[i] = temperature
         self.canvas[i] = canvas
         self.sampled[i] = sampled
         self.argmax[i] = argmax

@@ -34,8 +34,44 @@ from transformers.cache_utils import Cache, DynamicCache
 from . import decoding
 from .decoding import DenoiseOptions, DenoiseResult
 
+MAX_STEP_RUNNERS = 3  # per backbone: the least recently used is dropped (with its graph and buffers) beyond
 
-class StepRunner:
+
+class _GraphedRunner:
+    """What the decoder-step runners share: a private prompt cache, and the capture of ``_forward`` as a CUDA graph
+    (its return value, if any, is ``self.output``, overwritten by every replay)."""
+
+    cache: Cache
+    graph: torch.cuda.CUDAGraph | None = None
+    output: torch.Tensor | None = None
+
+    def _forward(self) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def load_cache(self, cache: Cache) -> None:
+        """Copy a newly prefilled prompt cache (same shapes) into the runner's cache tensors."""
+        for mine, new in zip(self.cache.layers, cache.layers, strict=True):
+            if mine.keys.shape != new.keys.shape or mine.values.shape != new.values.shape:
+                raise ValueError(
+                    f"cache shapes {tuple(new.keys.shape)} differ from the runner's {tuple(mine.keys.shape)}"
+                )
+            mine.keys.copy_(new.keys)
+            mine.values.copy_(new.values)
+
+    def _capture(self) -> None:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up off the default stream, as torch.cuda.graphs asks
+                self._forward()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.output = self._forward()
+        self.graph = graph
+
+
+class StepRunner(_GraphedRunner):
     """The decoder forward for fixed shapes, over static buffers; a CUDA graph on CUDA, eager elsewhere."""
 
     def __init__(self, backbone, cache: Cache, prompt_length: int, batch_size: int, use_graph: bool | None = None):
@@ -50,18 +86,6 @@ class StepRunner:
         self.self_conditioning = torch.zeros((batch_size, canvas_length, vocab), dtype=embed_dtype, device=device)
         self.sc_mask = torch.zeros(batch_size, dtype=torch.bool, device=device)
         self.mask_mapping, self.positions = decoding.decoder_inputs(backbone, self.cache, prompt_length, batch_size)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.logits: torch.Tensor | None = None
-
-    def load_cache(self, cache: Cache) -> None:
-        """Copy a newly prefilled prompt cache (same shapes) into the runner's cache tensors."""
-        for mine, new in zip(self.cache.layers, cache.layers, strict=True):
-            if mine.keys.shape != new.keys.shape or mine.values.shape != new.values.shape:
-                raise ValueError(
-                    f"cache shapes {tuple(new.keys.shape)} differ from the runner's {tuple(mine.keys.shape)}"
-                )
-            mine.keys.copy_(new.keys)
-            mine.values.copy_(new.values)
 
     def _forward(self) -> torch.Tensor:
         return self.backbone(
@@ -69,18 +93,6 @@ class StepRunner:
             self_conditioning_mask=self.sc_mask, decoder_attention_mask=self.mask_mapping,
             past_key_values=self.cache, decoder_position_ids=self.positions,
         ).logits  # fmt: skip
-
-    def _capture(self) -> None:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm-up off the default stream, as torch.cuda.graphs asks
-                self._forward()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.logits = self._forward()
-        self.graph = graph
 
     def __call__(self, canvas: torch.Tensor, self_conditioning: torch.Tensor | None) -> torch.Tensor:
         """Logits for ``canvas`` given the previous step's logits (``None`` at the first step)."""
@@ -95,7 +107,96 @@ class StepRunner:
         if self.graph is None:
             self._capture()
         self.graph.replay()
-        return self.logits.clone()  # the graph overwrites its output at the next replay
+        return self.output.clone()  # the graph overwrites its output at the next replay
+
+
+class FusedStepRunner(_GraphedRunner):
+    """The decoder step of :func:`asr.decoding.denoise_fused` for fixed shapes; a CUDA graph on CUDA, eager elsewhere.
+
+    One (batch, canvas, vocab) buffer in the embedding dtype holds the lm_head's raw output (no float32 logits, no
+    softcapping: the sampling kernel does that) and, once the loop has drawn from it, the next step's
+    self-conditioning probabilities. The step computes the self-conditioning signal from it as transformers does
+    (``probs @ embed_tokens.weight * embed_scale``, zeroed per row by a mask) and hands it to the model's
+    self-conditioning block through a forward pre-hook (:func:`_self_conditioning_hook`), so the model's own
+    forward runs unchanged with ``self_conditioning_logits=None``. ``use_graph`` runs it as a CUDA graph over static
+    buffers and a private copy of the prompt cache, as :class:`StepRunner`."""
+
+    def __init__(
+        self, backbone, cache: Cache, prompt_length: int, batch_size: int, canvas_length: int | None = None,
+        use_graph: bool | None = None,
+    ):  # fmt: skip
+        config = backbone.config
+        device = backbone.device
+        self.backbone = backbone
+        self.use_graph = device.type == "cuda" if use_graph is None else use_graph
+        canvas_length = canvas_length or config.canvas_length
+        embed = backbone.model.decoder.embed_tokens
+        self.cache = copy.deepcopy(cache) if self.use_graph else cache  # graph: addresses are baked in
+        self.canvas = torch.zeros((batch_size, canvas_length), dtype=torch.long, device=device)
+        # zeros, not empty: the first step multiplies it by a False mask, and 0 * NaN would not vanish
+        self.buffer = torch.zeros((batch_size, canvas_length, config.text_config.vocab_size), dtype=embed.weight.dtype,
+                                  device=device)  # fmt: skip
+        self.conditioned = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        self.mask_mapping, self.positions = decoding.decoder_inputs(
+            backbone, self.cache, prompt_length, batch_size, canvas_length
+        )
+        self.hook = _self_conditioning_hook(backbone)
+
+    def _forward(self) -> None:
+        decoder = self.backbone.model.decoder
+        embed = decoder.embed_tokens
+        signal = torch.matmul(self.buffer, embed.weight) * embed.embed_scale.to(embed.weight.dtype)
+        self.hook.signal = signal * self.conditioned.to(signal.dtype)[:, None, None]
+        try:
+            hidden = self.backbone.model(
+                decoder_input_ids=self.canvas, past_key_values=self.cache, decoder_attention_mask=self.mask_mapping,
+                decoder_position_ids=self.positions,
+            ).last_hidden_state  # fmt: skip
+        finally:
+            self.hook.signal = None
+        lm_head = self.backbone.lm_head
+        if lm_head._forward_hooks or lm_head._forward_pre_hooks:  # hooks (the benchmark's forced canvas) see it run
+            self.buffer.copy_(lm_head(hidden))
+        else:
+            torch.matmul(hidden, lm_head.weight.t(), out=self.buffer)
+
+    def __call__(self, canvas: torch.Tensor, conditioned: bool) -> torch.Tensor:
+        """The raw logits of ``canvas`` (the runner's buffer), self-conditioned on the buffer's probabilities when
+        ``conditioned``."""
+        self.canvas.copy_(canvas)
+        self.conditioned.fill_(conditioned)
+        if not self.use_graph:
+            self._forward()
+        else:
+            if self.graph is None:
+                self._capture()
+            self.graph.replay()
+        return self.buffer
+
+
+class _SignalHook:
+    """A forward pre-hook on the decoder's self-conditioning block: replaces its signal argument by ``signal`` while
+    that is set (transformers passes zeros when called without self-conditioning logits)."""
+
+    def __init__(self):
+        self.signal: torch.Tensor | None = None
+
+    def __call__(self, module, args):
+        if self.signal is None:
+            return None
+        inputs_embeds, zeros = args
+        if zeros.shape != self.signal.shape:
+            raise ValueError(f"self-conditioning signal {tuple(self.signal.shape)}, the model's {tuple(zeros.shape)}")
+        return inputs_embeds, self.signal
+
+
+def _self_conditioning_hook(backbone) -> _SignalHook:
+    """The backbone's :class:`_SignalHook` (registered on first use)."""
+    hook = backbone.__dict__.get("_asr_signal_hook")
+    if hook is None:
+        hook = backbone.__dict__["_asr_signal_hook"] = _SignalHook()
+        backbone.model.decoder.self_conditioning.register_forward_pre_hook(hook)
+    return hook
 
 
 class PrefillRunner:
@@ -175,15 +276,34 @@ def drop_runners(backbone) -> None:
         backbone.__dict__.pop(name, None)
 
 
-def step_runner(backbone, cache: Cache, prompt_length: int, batch_size: int, use_graph: bool | None = None):
-    """The backbone's runner for these shapes (made on first use, then reused), with ``cache`` loaded."""
+def step_runner(
+    backbone, cache: Cache, prompt_length: int, batch_size: int, use_graph: bool | None = None, fused: bool = False
+):
+    """The backbone's runner (:class:`StepRunner`, or :class:`FusedStepRunner` if ``fused``) for these shapes (made
+    on first use, then reused), with ``cache`` loaded."""
     runners = backbone.__dict__.setdefault("_asr_step_runners", {})
-    key = (batch_size, prompt_length, backbone.config.canvas_length, use_graph)
-    if key not in runners:
-        runners[key] = StepRunner(backbone, cache, prompt_length, batch_size, use_graph)
-    else:
-        runners[key].load_cache(cache)
-    return runners[key]
+    key = (batch_size, prompt_length, backbone.config.canvas_length, use_graph, fused)
+    if key in runners:
+        runners[key] = runner = runners.pop(key)  # the most recently used last
+        runner.load_cache(cache)
+        return runner
+    while len(runners) >= MAX_STEP_RUNNERS:  # each holds a full-vocabulary buffer and a graph's memory
+        runners.pop(next(iter(runners)))
+    runners[key] = runner = (FusedStepRunner if fused else StepRunner)(
+        backbone, cache, prompt_length, batch_size, use_graph=use_graph
+    )
+    return runner
+
+
+def fused_sampling(backbone) -> bool:
+    """Whether ``backbone`` samples with :func:`asr.decoding.denoise_fused` (:func:`use_fused_sampling`)."""
+    return bool(backbone.__dict__.get("_asr_fused_sampling", False))
+
+
+def use_fused_sampling(backbone, on: bool = True) -> None:
+    """Make :class:`asr.Pipeline` denoise ``backbone``'s canvases with :func:`asr.decoding.denoise_fused`
+    (:func:`asr.kernels.use_fused` does, which ``asr.load`` calls on CUDA; not with ``ASR_KERNELS=off``)."""
+    backbone.__dict__["_asr_fused_sampling"] = on
 
 
 @torch.no_grad()
@@ -198,8 +318,26 @@ def denoise(
     use_graph: bool | None = None,
     initial: torch.Tensor | None = None,
     keep_logits: bool = False,
+    fused: bool = False,
+    canvas_length: int | None = None,
 ) -> DenoiseResult:
-    """:func:`asr.decoding.denoise`, with each decoder step run by a :class:`StepRunner` (same results)."""
+    """:func:`asr.decoding.denoise`, with each decoder step run by a :class:`StepRunner` (same results); ``fused``:
+    :func:`asr.decoding.denoise_fused` with a :class:`FusedStepRunner` (no ``keep_logits``).
+
+    Runners are kept for reuse (:func:`step_runner`), except a fused one with ``use_graph=False``, made for the
+    call; only that one takes another ``canvas_length`` than the model's."""
+    if fused and keep_logits:
+        raise ValueError("the fused loop keeps no logits (keep_logits is for the joint CTC reading)")
+    if fused and use_graph is False:  # made for this call only: its buffer is a full-vocabulary tensor
+        step = FusedStepRunner(backbone, cache, prompt_length, batch_size, canvas_length, use_graph=False)
+        return decoding.denoise_fused(
+            backbone, step, batch_size, options, generator, record, canvas_length=canvas_length, initial=initial
+        )
+    if canvas_length not in (None, backbone.config.canvas_length):
+        raise ValueError("a kept runner runs the model's own canvas length (another: use_graph=False, or denoise)")
+    if fused:
+        step = step_runner(backbone, cache, prompt_length, batch_size, use_graph, fused=True)
+        return decoding.denoise_fused(backbone, step, batch_size, options, generator, record, initial=initial)
     runner = step_runner(backbone, cache, prompt_length, batch_size, use_graph)
     return decoding.denoise(
         backbone, cache, prompt_length, batch_size, options, generator, record, step=runner, initial=initial,

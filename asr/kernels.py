@@ -42,9 +42,13 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
+
+from . import decoding, fast
 
 NAME = "asr_fused"  # the name registered in transformers' ExpertsInterface
 ACTIVATIONS = {"gelu_pytorch_tanh": 0, "gelu_new": 0, "silu": 1}  # config.hidden_activation -> kernel code
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter (tests)
 FAILED: dict[str, str] = {}  # kernel family ("experts", "norms") -> the error that turned it off in this process
 
 
@@ -53,7 +57,7 @@ def _needs_grad(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _guarded(family: str, fused: Callable[[], torch.Tensor], fallback: Callable[[], torch.Tensor]) -> torch.Tensor:
+def guarded(family: str, fused: Callable[[], torch.Tensor], fallback: Callable[[], torch.Tensor]) -> torch.Tensor:
     """``fused()``, or transformers' ``fallback()`` from the first time a kernel of ``family`` fails (Triton cannot
     compile or launch on this machine, say) on: one warning, and the request and the later ones still run."""
     if family not in FAILED:
@@ -299,7 +303,7 @@ def _norm_forward(module: torch.nn.Module, original):
         weight = module.weight if module.with_scale else None
         if _needs_grad(hidden_states, weight):
             return original(hidden_states)
-        return _guarded("norms", lambda: rms_norm(hidden_states, weight, module.eps), lambda: original(hidden_states))
+        return guarded("norms", lambda: rms_norm(hidden_states, weight, module.eps), lambda: original(hidden_states))
 
     return forward
 
@@ -316,6 +320,135 @@ def use_fused_norms(model: torch.nn.Module, on: bool = True) -> int:
         else:
             m.__dict__.pop("forward", None)
     return len(norms)
+
+
+# --- Sampling ------------------------------------------------------------------------------------------------------
+# Between two decoder steps, :func:`asr.decoding.denoise` turns the (batch, canvas, 262144) logits into a sample, an
+# argmax, entropies and the next step's self-conditioning: in eager PyTorch ~30 passes over full-vocabulary float32
+# tensors (softcapping, temperature, softmax, the exponential race, three entropies, the casts), at batch 16 most of
+# a step's non-matmul GPU time and its memory peak (bench/logs/2026-11-28-h200-run2-transcribe-16x-profile.txt). Here
+# one program per canvas position reads its row of raw bf16 logits three times and writes the self-conditioning
+# probabilities over them.
+
+
+@triton.jit
+def _tanh(x, EXACT: tl.constexpr):
+    if EXACT:  # CUDA's tanhf, as torch.tanh
+        return libdevice.tanh(x)
+    e = tl.exp(-2.0 * tl.abs(x))  # Triton's interpreter has no libdevice: ~1e-7 absolute error
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def _scaled_logits(ptr, offs, mask, softcap, temperature, HAS_CAP: tl.constexpr, EXACT: tl.constexpr):
+    """transformers' ``softcap * tanh(logits / softcap)`` in float32, then / temperature; -inf past the vocabulary."""
+    y = tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_CAP:
+        y = _tanh(y / softcap, EXACT) * softcap
+    return tl.where(mask, y / temperature, float("-inf"))
+
+
+@triton.jit
+def _sample_kernel(
+    logits_ptr, q_ptr, seed_ptr, sampled_ptr, argmax_ptr, entropy_ptr, confidence_ptr, probs_ptr,
+    vocab, softcap, temperature,
+    HAS_CAP: tl.constexpr, USE_Q: tl.constexpr, EXACT: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """One canvas position: y = scaled logits; argmax y; a sample from softmax(y) (argmax p / q, q ~ Exp(1)); the
+    entropy and top probability of softmax(y); softmax(y rounded to the probabilities' dtype), written in that dtype
+    (the next step's self-conditioning input, as transformers computes it from bf16 logits) over ``probs_ptr``, which
+    may be ``logits_ptr`` itself: every element is read before it is overwritten, by the same program."""
+    row = tl.program_id(0).to(tl.int64)
+    logits_row, probs_row = logits_ptr + row * vocab, probs_ptr + row * vocab
+    cols = tl.arange(0, BLOCK)
+    # 1. the maximum and its first index
+    best = tl.full([BLOCK], float("-inf"), tl.float32)
+    best_at = tl.zeros([BLOCK], tl.int32)
+    for start in range(0, vocab, BLOCK):
+        offs = start + cols
+        y = _scaled_logits(logits_row, offs, offs < vocab, softcap, temperature, HAS_CAP, EXACT)
+        take = y > best
+        best, best_at = tl.where(take, y, best), tl.where(take, offs, best_at)
+    top = tl.max(best, axis=0)
+    tl.store(argmax_ptr + row, tl.min(tl.where(best == top, best_at, vocab), axis=0).to(tl.int64))
+    # 2. the normalisers: sum exp(y - top), sum exp(y - top) (y - top) for the entropy, and those of the rounded y
+    top_rounded = top.to(probs_ptr.dtype.element_ty).to(tl.float32)
+    total = tl.zeros([BLOCK], tl.float32)
+    weighted = tl.zeros([BLOCK], tl.float32)
+    total_rounded = tl.zeros([BLOCK], tl.float32)
+    for start in range(0, vocab, BLOCK):
+        offs = start + cols
+        mask = offs < vocab
+        y = _scaled_logits(logits_row, offs, mask, softcap, temperature, HAS_CAP, EXACT)
+        d = tl.where(mask, y - top, 0.0)
+        w = tl.where(mask, tl.exp(d), 0.0)
+        total += w
+        weighted += w * d
+        total_rounded += tl.exp(y.to(probs_ptr.dtype.element_ty).to(tl.float32) - top_rounded)
+    norm, norm_rounded = tl.sum(total, axis=0), tl.sum(total_rounded, axis=0)
+    # H = -sum p log p = log Z - sum p (y - top), with Z = sum exp(y - top): no cancellation when H is small
+    tl.store(entropy_ptr + row, tl.log(norm) - tl.sum(weighted, axis=0) / norm)
+    tl.store(confidence_ptr + row, 1.0 / norm)
+    # 3. the sample (torch.multinomial's exponential race), and the self-conditioning probabilities
+    if not USE_Q:
+        seed = tl.load(seed_ptr)
+    race = tl.full([BLOCK], -1.0, tl.float32)
+    race_at = tl.zeros([BLOCK], tl.int32)
+    for start in range(0, vocab, BLOCK):
+        offs = start + cols
+        mask = offs < vocab
+        y = _scaled_logits(logits_row, offs, mask, softcap, temperature, HAS_CAP, EXACT)
+        if USE_Q:
+            q = tl.load(q_ptr + row * vocab + offs, mask=mask, other=1.0)
+        else:  # u in [0, 1): -log u ~ Exp(1), infinite (never chosen) at u = 0
+            q = -tl.log(tl.rand(seed, (row * vocab + offs).to(tl.uint32)))
+        r = tl.where(mask, tl.exp(y - top) / norm / q, -1.0)
+        take = r > race
+        race, race_at = tl.where(take, r, race), tl.where(take, offs, race_at)
+        rounded = y.to(probs_ptr.dtype.element_ty).to(tl.float32)
+        p = tl.exp(rounded - top_rounded) / norm_rounded
+        tl.store(probs_row + offs, p.to(probs_ptr.dtype.element_ty), mask=mask)
+    won = tl.max(race, axis=0)
+    tl.store(sampled_ptr + row, tl.min(tl.where(race == won, race_at, vocab), axis=0).to(tl.int64))
+
+
+def sample_logits(
+    logits: torch.Tensor,
+    temperature: float,
+    softcap: float | None,
+    probs: torch.Tensor,
+    seed: torch.Tensor | None = None,
+    q: torch.Tensor | None = None,
+) -> decoding.Draw:
+    """Everything :func:`asr.decoding.denoise` needs from a step's raw logits (batch, canvas, vocab; the lm_head's
+    output, before softcapping), in one kernel launch: with ``y = softcap * tanh(logits / softcap) / temperature``,
+    the argmax of y, one sample from softmax(y), the entropy and the top probability of softmax(y), and
+    ``softmax(y.to(probs.dtype))`` written into ``probs`` (the next step's self-conditioning; ``probs`` may be
+    ``logits``, overwritten in place).
+
+    The sample is the exponential race ``argmax(p / q)`` that ``torch.multinomial`` runs: with ``q`` (float32, the
+    logits' shape, drawn by ``exponential_``) it is exactly the draw of :func:`asr.decoding.sample` (tests); without,
+    ``q = -log u`` with u from Triton's Philox generator keyed by ``seed`` (an int64 tensor of one element on the
+    device, so no host synchronisation) and the element's index: the same distribution, other random numbers.
+    Entropies are float32 sums in another order than transformers' ``Categorical``: equal to ~1e-6."""
+    batch, length, vocab = logits.shape
+    if not logits.is_contiguous() or not probs.is_contiguous() or probs.shape != logits.shape:
+        raise ValueError("sample_logits needs contiguous logits and probs of one shape")
+    if q is None and seed is None:
+        raise ValueError("sample_logits needs a seed tensor or the exponential draws q")
+    device = logits.device
+    sampled = torch.empty((batch, length), dtype=torch.long, device=device)
+    argmax = torch.empty_like(sampled)
+    entropy = torch.empty((batch, length), dtype=torch.float32, device=device)
+    confidence = torch.empty_like(entropy)
+    _sample_kernel[(batch * length,)](
+        logits, q if q is not None else logits, seed if seed is not None else sampled, sampled, argmax, entropy,
+        confidence, probs, vocab, float(softcap or 1.0), float(temperature),
+        HAS_CAP=softcap is not None, USE_Q=q is not None, EXACT=not INTERPRETED,
+        BLOCK=min(4096, triton.next_power_of_2(vocab)), num_warps=8,
+    )  # fmt: skip
+    return decoding.Draw(sampled, argmax, entropy, confidence)
 
 
 # --- switching a model over ------------------------------------------------------------------------------------------
@@ -346,7 +479,7 @@ def experts_forward(
 
     if _needs_grad(hidden_states, self.gate_up_proj, self.down_proj) or not supports(self):
         return fallback()
-    return _guarded(
+    return guarded(
         "experts",
         lambda: fused_experts(hidden_states, top_k_index, top_k_weights, self.gate_up_proj, self.down_proj,
                               self.config.hidden_activation),
@@ -364,11 +497,14 @@ def use_fused_experts(model: torch.nn.Module, on: bool = True) -> str:
     return name
 
 
-def use_fused(model: torch.nn.Module, norms: bool = True, experts: bool = True) -> str:
-    """Switch ``model``'s RMSNorms and MoE experts to these kernels (each ``True``) or back to transformers' own;
-    returns what now runs: ``"fused"``, ``"fusednorms"``, ``"fusedmoe"`` or ``"transformers"``."""
+def use_fused(model: torch.nn.Module, norms: bool = True, experts: bool = True, sampling: bool = True) -> str:
+    """Switch ``model``'s RMSNorms and MoE experts to these kernels (each ``True``) or back to transformers' own, and
+    :class:`asr.Pipeline`'s denoising loop to :func:`asr.decoding.denoise_fused` with :func:`sample_logits`
+    (``sampling``); returns what now runs in the backbone: ``"fused"``, ``"fusednorms"``, ``"fusedmoe"`` or
+    ``"transformers"``."""
     use_fused_norms(model, on=norms)
     use_fused_experts(model, on=experts)
+    fast.use_fused_sampling(model, on=sampling)
     return {(True, True): "fused", (True, False): "fusednorms", (False, True): "fusedmoe"}.get(
         (norms, experts), "transformers"
     )

@@ -46,6 +46,11 @@ class Pipeline:
     card. ``cuda_graphs=False`` or ``ASR_CUDA_GRAPHS=0`` turns graphs off (e.g. where the weights can move between
     calls, as on ZeroGPU).
 
+    Where :func:`asr.load` switched the kernels on (CUDA), the canvases are denoised by
+    :func:`asr.decoding.denoise_fused` (one sampling kernel between steps, no float32 full-vocabulary tensors; other
+    random numbers than the reference loop, the same distribution), and batches of up to ``graph_max_batch_fused``
+    windows run as CUDA graphs. Not for a joint CTC reading (``ctc_weight > 0``), which needs the last logits.
+
     ``cpu_bf16=True`` runs the models (encoder, projector, prefill, decoder steps; not the log-mel features) of a
     float32 model on the CPU under ``torch.autocast`` in bfloat16, and the sampler on the bfloat16 logits, as
     ``generate()`` would under the same autocast (tests/test_decoding.py). :func:`asr.load` turns it on for the
@@ -57,6 +62,7 @@ class Pipeline:
     """
 
     graph_max_batch = 4
+    graph_max_batch_fused = 16  # with asr.decoding.denoise_fused (no float32 full-vocabulary tensors)
 
     def __init__(
         self,
@@ -204,15 +210,21 @@ class Pipeline:
     def _transcribe_batch(self, wave, spans, options, generator, record_steps, stages) -> list[Segment]:
         with self._audio_embeddings(wave, spans, stages) as audio_embeds:
             embeds = self.model.prompt_embeddings(audio_embeds)
-            graphs = self.cuda_graphs and len(spans) <= self.graph_max_batch
+            backbone = self.model.backbone
+            fused = fast.fused_sampling(backbone) and options.ctc_weight == 0  # (no logits kept for a joint reading)
+            graphs = self.cuda_graphs and len(spans) <= (self.graph_max_batch_fused if fused else self.graph_max_batch)
             prefill = (lambda: fast.prefill(self.model, embeds)) if graphs else (lambda: self.model.prefill(embeds))
             cache = self._timed(stages, "prefill", prefill)
             if graphs:  # a graph is captured for the model's canvas length
                 length = self.model.canvas_length
-                run = functools.partial(fast.denoise, self.model.backbone, cache)
+                run = functools.partial(fast.denoise, backbone, cache, fused=fused)
             else:  # an aligned canvas needs only the positions of the audio's slots (model.CANVASES)
                 length = max(self.model.canvas_for(s.duration) for s in spans)
-                run = functools.partial(denoise, self.model.backbone, cache, canvas_length=length)
+                if fused:
+                    run = functools.partial(fast.denoise, backbone, cache, use_graph=False, fused=True,
+                                            canvas_length=length)  # fmt: skip
+                else:
+                    run = functools.partial(denoise, backbone, cache, canvas_length=length)
             initial = None
             if options.start == "ctc":
                 initial = self._timed(stages, "ctc", lambda: self._ctc_start(audio_embeds, length))

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from asr import bench
+from asr import bench, fast
 from asr import model as M
 
 
@@ -79,6 +79,38 @@ def test_targets_judge_the_path_pipeline_takes():
     run.append({"case": "1x30s-8steps-norecord-cudagraph"})
     assert bench.pipeline_path(pair, run) == ("1x30s-8steps-cudagraph", "1x30s-8steps-norecord-cudagraph")
     assert bench.pipeline_path(("first-transcript",), run) == ("first-transcript",)
+
+
+def test_targets_of_a_fused_run_judge_20_windows_graphed():
+    """With the fused loop (records say sampling: fused) Pipeline graphs batches of up to graph_max_batch_fused
+    windows: 20 windows (16 + 4) are judged on their graphed record, and the reference loop's attribution cases
+    are left out of the peak."""
+    names = ["20x30s-8steps", "20x30s-8steps-cudagraph", "20x30s-8steps-refsampling"]
+    run = [{"case": c, "sampling": "fused", "peak_gb": 50.0 + i, "seconds": 1.0} for i, c in enumerate(names)]
+    assert bench.pipeline_path(("20x30s-8steps",), run) == ("20x30s-8steps-cudagraph",)
+    peak_row = bench.targets_table(run)[-1]
+    assert "51.00 GB" in peak_row and "but -refsampling" in peak_row
+
+
+def test_sampling_group_on_the_tiny_stack():
+    """Bench.sampling (a GPU group) on the tiny CPU stack with fused sampling on and the kernel in Triton's
+    interpreter: its check passes, every case gives a record, and the stack's loop is restored afterwards."""
+    stack = bench.build_stack("tiny", "cpu", canvas_length=16)
+    fast.use_fused_sampling(stack.model.backbone)
+    stack.info["sampling"] = "fused"
+    settings = bench.Settings(repeats=1, multi_repeats=1, warmup=0, budget_s=None, static_compile_s=0.0, check=False)
+    b = bench.Bench(stack, settings, None)
+    b.fused_step_batches = (1, 2)  # the interpreter runs a program per canvas position in Python
+    b.sampling()
+    by_case = {r["case"]: r for r in b.records}
+    assert by_case["check-fused-sampling"]["ok"] is True
+    cases = ["fused-step", "fused-step-2x", "20x30s-8steps-batch20", "20x30s-8steps-cudagraph-batch20",
+             "1x30s-8steps-cudagraph-refsampling", "20x30s-8steps-refsampling"]  # fmt: skip
+    for case in cases:
+        assert by_case[case]["seconds"] > 0, case
+    assert by_case["20x30s-8steps-batch20"]["batch"] == 20
+    assert by_case["20x30s-8steps-refsampling"]["sampling"] == "reference"
+    assert fast.fused_sampling(stack.model.backbone)
 
 
 def test_stand_in_tokenizer_word_counts():

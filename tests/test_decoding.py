@@ -13,13 +13,16 @@ from conftest import with_pauses
 from asr import audio as A
 from asr.decoding import (
     DenoiseOptions,
+    StableAndConfident,
     ctc_canvas,
     ctc_collapse,
     ctc_word_slots,
     denoise,
     eager_step,
+    entropy_bound_accept,
     fuse_ctc,
     sample,
+    temperature_at,
 )
 from asr.loading import build_tiny
 from asr.pipeline import Pipeline
@@ -328,3 +331,58 @@ def test_pipeline_cpu_bf16_runs_the_models_in_bfloat16(tiny):
     assert "cpu_bf16=True" in repr(bf16)
     with pytest.raises(ValueError, match="cpu_bf16"):
         Pipeline(tiny.model, tiny.tokenizer, tiny.feature_extractor, name="x", device="cuda", cpu_bf16=True)
+
+
+# --- the fused loop's pieces against the library's classes ------------------------------------------------------------
+
+
+def test_entropy_bound_accept_is_the_samplers_rule():
+    from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
+        EntropyBoundSampler,
+        EntropyBoundSamplerConfig,
+    )
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 40, 50, generator=gen) * torch.rand(3, 40, 1, generator=gen) * 12
+    canvas, sampled = torch.zeros(3, 40, dtype=torch.long), torch.ones(3, 40, dtype=torch.long)
+    entropy = torch.distributions.Categorical(logits=logits).entropy()
+    for bound in (0.1, 1.0, 5.0):
+        sampler = EntropyBoundSampler(EntropyBoundSamplerConfig(entropy_bound=bound), 40, 50, 8)
+        sampler.accept_canvas(canvas, sampled, logits, 3)
+        mask = entropy_bound_accept(entropy, bound)
+        assert torch.equal(mask, sampler.accepted_token_mask)
+        assert 0 < int(mask.sum()) < mask.numel()
+
+
+def test_stable_and_confident_is_the_librarys_stopping_rule():
+    from transformers.models.diffusion_gemma.generation_diffusion_gemma import StableAndConfidentStoppingCriteria
+
+    gen = torch.Generator().manual_seed(1)
+    for stability in (0, 1, 2):
+        ours, lib = StableAndConfident(stability, 0.5), StableAndConfidentStoppingCriteria(stability, 0.5)
+        results = []
+        for step in range(8):
+            argmax = torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, step]])  # the last row never stabilises
+            logits = torch.randn(3, 3, 10, generator=gen) * (step + 1)  # ever more confident
+            entropy = torch.distributions.Categorical(logits=logits).entropy()
+            got = ours(argmax, entropy)
+            assert torch.equal(got, lib(argmax, logits)), (stability, step)
+            results.append(got)
+        stopped = torch.stack(results)  # (steps, rows)
+        assert stopped[:, :2].any()  # the stable rows stop once confident
+        if stability:
+            assert not stopped[:, 2].any()  # the changing row never does
+
+
+def test_temperature_at_is_the_librarys_schedule():
+    from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
+        LinearTemperatureScheduleLogitsProcessor,
+    )
+
+    options = DenoiseOptions(steps=8, t_min=0.3, t_max=0.9)
+    processor = LinearTemperatureScheduleLogitsProcessor(options.t_min, options.t_max, options.steps)
+    for remaining in range(8, 0, -1):
+        scores = torch.ones(1, 1, 2)
+        assert float(processor(None, scores, cur_step=remaining)[0, 0, 0]) == pytest.approx(
+            1 / temperature_at(options, remaining), rel=1e-6
+        )

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import with_pauses
 
-from asr import fast
+from asr import decoding, fast
 from asr.decoding import DenoiseOptions, denoise
 from asr.loading import build_tiny
 from asr.pipeline import Pipeline
@@ -141,3 +141,80 @@ def test_prefill_capture_failure_falls_back_to_eager(stack):
             got = runner(embeds)
         assert runner.use_graph is False and runner.graph is None
         _same_cache(got, stack.prefill(embeds))
+
+
+# --- the fused loop (asr.decoding.denoise_fused with a FusedStepRunner) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("batch", "options"),
+    [
+        (1, DenoiseOptions(steps=1)),
+        (3, DenoiseOptions(steps=8)),
+        (2, DenoiseOptions(steps=24, confidence_threshold=1e6, t_min=0.01, t_max=0.02)),  # stops early
+    ],
+)
+def test_fused_loop_equals_reference(stack, batch, options):
+    """With the eager draw (the path without the kernel), the fused loop (raw logits, the self-conditioning signal
+    computed from the step's probabilities buffer and handed in by the pre-hook) gives the reference loop's tokens
+    and step record. Rows that stop early are self-conditioned differently after their stop (on their newest
+    probabilities, not on their last logits), so there the record is compared up to the first possible stop."""
+    cache, prompt_len = _cache(stack, batch, seed=7 + batch)
+    ref = denoise(stack.backbone, cache, prompt_len, batch, options, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    got = fast.denoise(stack.backbone, cache, prompt_len, batch, options, gen, fused=True, use_graph=False)
+    assert torch.equal(ref.tokens, got.tokens) and ref.steps_run == got.steps_run
+    compared = ref.steps_run if options.steps < 24 else 2
+    assert options.steps < 24 or ref.steps_run < 24
+    for ta, tb in zip(ref.trace, got.trace, strict=True):
+        for name in ("temperature", "canvas", "sampled", "argmax", "accepted", "confidence"):
+            np.testing.assert_array_equal(getattr(ta, name)[:compared], getattr(tb, name)[:compared], err_msg=name)
+        np.testing.assert_allclose(ta.entropy[:compared], tb.entropy[:compared], atol=2e-3)
+    assert not any(key[-1] for key in stack.backbone.__dict__.get("_asr_step_runners", {}))  # made for the call only
+
+
+def test_fused_loop_with_the_kernel(stack):
+    """The loop with asr.kernels.sample_logits (Triton's interpreter here): valid tokens, the same result for the
+    same seed, another for another seed (its own random numbers: not the reference's)."""
+    cache, prompt_len = _cache(stack, 1, seed=2)
+    options = DenoiseOptions(steps=2, early_stop=False)
+    vocab = stack.backbone.config.text_config.vocab_size
+
+    def run(seed):
+        step = fast.FusedStepRunner(stack.backbone, cache, prompt_len, 1, use_graph=False)
+        gen = torch.Generator().manual_seed(seed)
+        return decoding.denoise_fused(stack.backbone, step, 1, options, gen, use_kernel=True)
+
+    a = run(1)
+    assert a.steps_run == 2 and 0 <= int(a.tokens.min()) and int(a.tokens.max()) < vocab
+    assert torch.equal(a.tokens, run(1).tokens)
+    assert not torch.equal(a.tokens, run(2).tokens)
+    assert np.isfinite(a.trace[0].entropy).all() and (a.trace[0].confidence <= 1).all()
+
+
+def test_pipeline_with_fused_sampling(stack):
+    """Pipeline denoises with the fused loop when the backbone's fused sampling is on (asr.load does it on CUDA):
+    on the CPU (the eager draw) the same transcript as the reference loop, for eager and runner batches; a joint
+    CTC reading, which needs the last logits, keeps the reference loop."""
+    speech, tokenizer, features = build_tiny(seed=0)
+    speech.eval()
+    wave = with_pauses([("speech", 25.0), ("pause", 1.0), ("speech", 5.0)], seed=4)
+    ref = Pipeline(speech, tokenizer, features, name="ref", device="cpu").transcribe(wave, steps=4, seed=2)
+    fast.use_fused_sampling(speech.backbone)
+    assert fast.fused_sampling(speech.backbone)
+    for graphs in (False, True):
+        pipe = Pipeline(speech, tokenizer, features, name="fused", device="cpu", cuda_graphs=graphs)
+        got = pipe.transcribe(wave, steps=4, seed=2)
+        assert [s.tokens for s in got.segments] == [s.tokens for s in ref.segments]
+        runners = speech.backbone.__dict__.get("_asr_step_runners", {})
+        assert [key[-1] for key in runners] == ([True] if graphs else [])  # the runner kept is the fused one
+
+
+def test_step_runners_kept_are_bounded(stack):
+    """Each kept runner holds a full-vocabulary buffer: beyond MAX_STEP_RUNNERS the least recently used goes."""
+    stack.backbone.__dict__.pop("_asr_step_runners", None)
+    caches = {b: _cache(stack, b, seed=b) for b in (1, 2, 3, 4)}
+    for b in (1, 2, 3, 1, 4):  # 1 is used again before 4 arrives: 2 is the least recently used
+        fast.step_runner(stack.backbone, caches[b][0], caches[b][1], b, use_graph=False)
+    assert [key[0] for key in stack.backbone._asr_step_runners] == [3, 1, 4]
+    assert fast.MAX_STEP_RUNNERS == 3

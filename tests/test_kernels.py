@@ -245,3 +245,54 @@ def test_a_failing_kernel_falls_back_to_transformers_once(monkeypatch):
         K.use_fused(bb, norms=False, experts=False)
     assert set(K.FAILED) == {"experts", "norms"} and len(tries) == 2 and len(warned) == 2  # one per kernel family
     assert torch.equal(got, ref) and torch.equal(again, ref)
+
+
+# --- the sampling kernel ---------------------------------------------------------------------------------------------
+
+
+def raw_logits(batch, length, vocab, dtype, seed=0):
+    """Logits as an lm_head gives them: mostly small, a few large ones per position (a peaked distribution)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, length, vocab, generator=gen) * 3
+    peaks = torch.randint(0, vocab, (batch, length, 1), generator=gen)
+    x.scatter_(-1, peaks, 40.0 * (torch.arange(length) % 2 == 0).float()[None, :, None].expand(batch, -1, -1))
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize(("dtype", "vocab", "softcap"), [(torch.float16, 3000, 30.0), (torch.float32, 1024, None)])
+def test_sample_logits_equals_the_eager_draw(dtype, vocab, softcap):
+    """Given the same exponential draws, the kernel samples exactly the eager draw's tokens (sample(), what
+    generate() draws), the same argmax, the Categorical entropy and the probabilities softmax(scaled.to(dtype))."""
+    from asr.decoding import draw_torch
+
+    logits = raw_logits(2, 5, vocab, dtype)
+    ref_probs = torch.empty_like(logits)
+    ref = draw_torch(logits, 0.7, softcap, ref_probs, torch.Generator().manual_seed(5))
+    q = torch.empty(logits.shape).exponential_(generator=torch.Generator().manual_seed(5))  # what sample() drew
+    buf = logits.clone()  # the probabilities overwrite the logits in place
+    got = K.sample_logits(buf, 0.7, softcap, buf, q=q)
+    assert torch.equal(got.sampled, ref.sampled)
+    assert torch.equal(got.argmax, ref.argmax)
+    torch.testing.assert_close(got.entropy, ref.entropy, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(got.confidence, ref.confidence, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(buf, ref_probs, atol=2e-6, rtol=1e-3)
+    assert ref.entropy.min() < 0.1 < ref.entropy.max()  # both peaked and flat positions were checked
+
+
+def test_sample_logits_draws_from_softmax_with_its_own_generator():
+    """Without given draws (the GPU path), the samples follow softmax(scaled): the frequencies of 128 positions with
+    the same logits match the probabilities; a seed gives the same draws again, another seed others. (Few
+    positions: Triton's interpreter runs a program per position in Python.)"""
+    row = torch.tensor([1.0, 0.5, 0.0, -0.5])
+    p = torch.softmax(row, dim=-1)
+
+    def draw(seed, n):
+        buf = row.expand(1, n, 4).contiguous()
+        return K.sample_logits(buf, 1.0, None, buf, seed=torch.tensor([seed])).sampled[0]
+
+    a = draw(1, 128)
+    assert torch.equal(draw(1, 16), a[:16])
+    assert not torch.equal(draw(2, 16), a[:16])
+    freq = torch.bincount(a, minlength=4).float() / len(a)
+    chi2 = float(((freq - p) ** 2 / p).sum() * len(a))
+    assert chi2 < 16.3, (freq, p)  # the 99.9 % quantile of chi-square with 3 degrees of freedom
