@@ -6,6 +6,10 @@ for the same seed it returns exactly the canvas ``generate()`` returns (tests/te
 Unlike ``generate()`` it takes an explicit ``torch.Generator`` (no global RNG state shared between requests) and
 records, per step, the input canvas, the sampled canvas, the argmax draft, the accepted mask, the confidence and
 the entropy of every position. The record stays on the device and is copied to the host once at the end.
+
+:func:`denoise_fused` is the same algorithm for the GPU: raw bf16 logits, one sampling kernel between steps
+(:func:`asr.kernels.sample_logits`), the library's acceptance and stopping rules on the kernel's entropies; its own
+random numbers (the same distribution). With the eager draw instead of the kernel it equals :func:`denoise`.
 """
 
 from __future__ import annotations

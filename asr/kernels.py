@@ -1,5 +1,6 @@
-"""The backbone's RMSNorms and MoE experts as Triton kernels, for the GPU path (``asr.load`` switches them on for
-CUDA; ``ASR_KERNELS=off`` keeps transformers' own).
+"""The backbone's RMSNorms and MoE experts, and the sampling between denoising steps (:func:`sample_logits`), as
+Triton kernels, for the GPU path (``asr.load`` switches them on for CUDA; ``ASR_KERNELS=off`` keeps transformers' own
+and the reference loop).
 
 Why: a decoder step over a 192-token canvas routes 192 x 8 (token, expert) pairs, ~12 rows for each of the 128
 experts, so every layer reads all its expert weights (1.52 GB; ~46 GB of a step's ~52 GB) to multiply a dozen rows,

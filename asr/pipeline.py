@@ -38,18 +38,17 @@ def cpu_bf16_default() -> bool:
 class Pipeline:
     """A loaded model, ready to transcribe. Get one with :func:`asr.load`; safe to share between threads.
 
-    On CUDA, batches of at most ``graph_max_batch`` windows run the decoder step as a CUDA graph
-    (:mod:`asr.fast`; the same tokens and canvases as the eager step, ``asr.bench --check`` on an H200): 0.43 s
-    instead of 0.80 s for one 30 s window at 8 steps on an H200 (bench/RESULTS.md). The prompt's prefill is
-    replayed as a graph too (not yet measured on a GPU; eager if its capture fails). Larger batches stay eager: there
-    the gain is smaller (20 x 30 s: 2.62 vs 3.41 s) and a batch-16 graph took the peak to 83.6 GB, over an 80 GB
-    card. ``cuda_graphs=False`` or ``ASR_CUDA_GRAPHS=0`` turns graphs off (e.g. where the weights can move between
-    calls, as on ZeroGPU).
+    On CUDA the prompt's prefill and the decoder step run as CUDA graphs (:mod:`asr.fast`; the same tokens and
+    canvases as eager, ``asr.bench --check`` on an H200) for batches of up to ``graph_max_batch`` windows, or
+    ``graph_max_batch_fused`` with the fused loop below. ``cuda_graphs=False`` or ``ASR_CUDA_GRAPHS=0`` turns graphs
+    off (e.g. where the weights can move between calls, as on ZeroGPU).
 
     Where :func:`asr.load` switched the kernels on (CUDA), the canvases are denoised by
-    :func:`asr.decoding.denoise_fused` (one sampling kernel between steps, no float32 full-vocabulary tensors; other
-    random numbers than the reference loop, the same distribution), and batches of up to ``graph_max_batch_fused``
-    windows run as CUDA graphs. Not for a joint CTC reading (``ctc_weight > 0``), which needs the last logits.
+    :func:`asr.decoding.denoise_fused`: one sampling kernel between steps, no float32 full-vocabulary tensors; other
+    random numbers than the reference loop, the same distribution. On an H200 (bench/RESULTS.md, random weights):
+    one 30 s window at 8 steps 0.217 s instead of 0.256 s, 20 windows 1.23 s at a 56.9 GB peak instead of 2.82 s at
+    63.9 GB. Not for a joint CTC reading (``ctc_weight > 0``), which needs the last logits: that keeps the reference
+    loop.
 
     ``cpu_bf16=True`` runs the models (encoder, projector, prefill, decoder steps; not the log-mel features) of a
     float32 model on the CPU under ``torch.autocast`` in bfloat16, and the sampler on the bfloat16 logits, as
