@@ -350,74 +350,55 @@ def _scaled_logits(ptr, offs, mask, softcap, temperature, HAS_CAP: tl.constexpr,
     return tl.where(mask, y / temperature, float("-inf"))
 
 
-SEGMENT = 32768  # vocabulary entries per program: a 262144 row is read by 8 programs at once
-
-
 @triton.jit
-def _segment_stats_kernel(
-    logits_ptr, stats_ptr, at_ptr, probs_ptr, vocab, segment, softcap, temperature,
-    HAS_CAP: tl.constexpr, EXACT: tl.constexpr, BLOCK: tl.constexpr,
+def _sample_kernel(
+    logits_ptr, q_ptr, seed_ptr, sampled_ptr, argmax_ptr, entropy_ptr, confidence_ptr, probs_ptr,
+    vocab, softcap, temperature,
+    HAS_CAP: tl.constexpr, USE_Q: tl.constexpr, EXACT: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """One segment of one canvas position's row, y = the scaled logits there: its maximum and that maximum's first
-    index, ``sum exp(y - max)``, ``sum exp(y - max) (y - max)`` (for the entropy), and the maximum and
-    ``sum exp(r - max r)`` of r = y rounded to the probabilities' dtype (for the self-conditioning softmax)."""
-    row, seg = tl.program_id(0).to(tl.int64), tl.program_id(1)
-    logits_row = logits_ptr + row * vocab
-    first, end = seg * segment, tl.minimum(seg * segment + segment, vocab)
+    """One canvas position: y = scaled logits; argmax y; a sample from softmax(y) (argmax p / q, q ~ Exp(1)); the
+    entropy and top probability of softmax(y); softmax(y rounded to the probabilities' dtype), written in that dtype
+    (the next step's self-conditioning input, as transformers computes it from bf16 logits) over ``probs_ptr``, which
+    may be ``logits_ptr`` itself: every element is read before it is overwritten, by the same program."""
+    row = tl.program_id(0).to(tl.int64)
+    logits_row, probs_row = logits_ptr + row * vocab, probs_ptr + row * vocab
     cols = tl.arange(0, BLOCK)
+    # 1. the maximum and its first index
     best = tl.full([BLOCK], float("-inf"), tl.float32)
     best_at = tl.zeros([BLOCK], tl.int32)
-    for start in range(first, end, BLOCK):
+    for start in range(0, vocab, BLOCK):
         offs = start + cols
-        y = _scaled_logits(logits_row, offs, offs < end, softcap, temperature, HAS_CAP, EXACT)
+        y = _scaled_logits(logits_row, offs, offs < vocab, softcap, temperature, HAS_CAP, EXACT)
         take = y > best
         best, best_at = tl.where(take, y, best), tl.where(take, offs, best_at)
     top = tl.max(best, axis=0)
+    tl.store(argmax_ptr + row, tl.min(tl.where(best == top, best_at, vocab), axis=0).to(tl.int64))
+    # 2. the normalisers: sum exp(y - top), sum exp(y - top) (y - top) for the entropy, and those of the rounded y
     top_rounded = top.to(probs_ptr.dtype.element_ty).to(tl.float32)
     total = tl.zeros([BLOCK], tl.float32)
     weighted = tl.zeros([BLOCK], tl.float32)
     total_rounded = tl.zeros([BLOCK], tl.float32)
-    for start in range(first, end, BLOCK):
+    for start in range(0, vocab, BLOCK):
         offs = start + cols
-        mask = offs < end
+        mask = offs < vocab
         y = _scaled_logits(logits_row, offs, mask, softcap, temperature, HAS_CAP, EXACT)
         d = tl.where(mask, y - top, 0.0)
         w = tl.where(mask, tl.exp(d), 0.0)
         total += w
         weighted += w * d
         total_rounded += tl.exp(y.to(probs_ptr.dtype.element_ty).to(tl.float32) - top_rounded)
-    out = stats_ptr + (row * tl.num_programs(1) + seg) * 5
-    tl.store(out, top)
-    tl.store(out + 1, tl.sum(total, axis=0))
-    tl.store(out + 2, tl.sum(weighted, axis=0))
-    tl.store(out + 3, top_rounded)
-    tl.store(out + 4, tl.sum(total_rounded, axis=0))
-    tl.store(
-        at_ptr + row * tl.num_programs(1) + seg, tl.min(tl.where(best == top, best_at, vocab), axis=0).to(tl.int64)
-    )
-
-
-@triton.jit
-def _segment_sample_kernel(
-    logits_ptr, norms_ptr, q_ptr, seed_ptr, race_ptr, race_at_ptr, probs_ptr, vocab, segment, softcap, temperature,
-    HAS_CAP: tl.constexpr, USE_Q: tl.constexpr, EXACT: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
-    """One segment of one row, given the row's maximum and normaliser of y and of r (``norms``): the segment's winner
-    of the exponential race ``p / q`` (value and index), and softmax(r) written over ``probs`` (which may be the
-    logits: every element is read before it is overwritten, by the same program)."""
-    row, seg = tl.program_id(0).to(tl.int64), tl.program_id(1)
-    logits_row, probs_row = logits_ptr + row * vocab, probs_ptr + row * vocab
-    first, end = seg * segment, tl.minimum(seg * segment + segment, vocab)
-    top, norm = tl.load(norms_ptr + row * 4), tl.load(norms_ptr + row * 4 + 1)
-    top_rounded, norm_rounded = tl.load(norms_ptr + row * 4 + 2), tl.load(norms_ptr + row * 4 + 3)
+    norm, norm_rounded = tl.sum(total, axis=0), tl.sum(total_rounded, axis=0)
+    # H = -sum p log p = log Z - sum p (y - top), with Z = sum exp(y - top): no cancellation when H is small
+    tl.store(entropy_ptr + row, tl.log(norm) - tl.sum(weighted, axis=0) / norm)
+    tl.store(confidence_ptr + row, 1.0 / norm)
+    # 3. the sample (torch.multinomial's exponential race), and the self-conditioning probabilities
     if not USE_Q:
         seed = tl.load(seed_ptr)
-    cols = tl.arange(0, BLOCK)
     race = tl.full([BLOCK], -1.0, tl.float32)
     race_at = tl.zeros([BLOCK], tl.int32)
-    for start in range(first, end, BLOCK):
+    for start in range(0, vocab, BLOCK):
         offs = start + cols
-        mask = offs < end
+        mask = offs < vocab
         y = _scaled_logits(logits_row, offs, mask, softcap, temperature, HAS_CAP, EXACT)
         if USE_Q:
             q = tl.load(q_ptr + row * vocab + offs, mask=mask, other=1.0)
@@ -430,9 +411,7 @@ def _segment_sample_kernel(
         p = tl.exp(rounded - top_rounded) / norm_rounded
         tl.store(probs_row + offs, p.to(probs_ptr.dtype.element_ty), mask=mask)
     won = tl.max(race, axis=0)
-    out = row * tl.num_programs(1) + seg
-    tl.store(race_ptr + out, won)
-    tl.store(race_at_ptr + out, tl.min(tl.where(race == won, race_at, vocab), axis=0).to(tl.int64))
+    tl.store(sampled_ptr + row, tl.min(tl.where(race == won, race_at, vocab), axis=0).to(tl.int64))
 
 
 def sample_logits(
@@ -444,48 +423,33 @@ def sample_logits(
     q: torch.Tensor | None = None,
 ) -> decoding.Draw:
     """Everything :func:`asr.decoding.denoise` needs from a step's raw logits (batch, canvas, vocab; the lm_head's
-    output, before softcapping): with ``y = softcap * tanh(logits / softcap) / temperature``, the argmax of y, one
-    sample from softmax(y), the entropy and the top probability of softmax(y), and ``softmax(y.to(probs.dtype))``
-    written into ``probs`` (the next step's self-conditioning; ``probs`` may be ``logits``, overwritten in place).
+    output, before softcapping), in one kernel launch: with ``y = softcap * tanh(logits / softcap) / temperature``,
+    the argmax of y, one sample from softmax(y), the entropy and the top probability of softmax(y), and
+    ``softmax(y.to(probs.dtype))`` written into ``probs`` (the next step's self-conditioning; ``probs`` may be
+    ``logits``, overwritten in place).
 
-    Two kernels, each with a program per (position, :data:`SEGMENT` entries of the vocabulary), so that a row is
-    read by several programs at once: segment statistics, combined per row (small tensors), then the race and the
-    probabilities. The sample is the exponential race ``argmax(p / q)`` that ``torch.multinomial`` runs: with ``q``
-    (float32, the logits' shape, drawn by ``exponential_``) it is the draw of :func:`asr.decoding.sample` (tests);
-    without, ``q = -log u`` with u from Triton's Philox generator keyed by ``seed`` (an int64 tensor of one element
-    on the device, so no host synchronisation) and the element's index: the same distribution, other random
-    numbers. Entropies are float32 sums in another order than transformers' ``Categorical``: equal to ~1e-6."""
+    The sample is the exponential race ``argmax(p / q)`` that ``torch.multinomial`` runs: with ``q`` (float32, the
+    logits' shape, drawn by ``exponential_``) it is exactly the draw of :func:`asr.decoding.sample` (tests); without,
+    ``q = -log u`` with u from Triton's Philox generator keyed by ``seed`` (an int64 tensor of one element on the
+    device, so no host synchronisation) and the element's index: the same distribution, other random numbers.
+    Entropies are float32 sums in another order than transformers' ``Categorical``: equal to ~1e-6."""
     batch, length, vocab = logits.shape
     if not logits.is_contiguous() or not probs.is_contiguous() or probs.shape != logits.shape:
         raise ValueError("sample_logits needs contiguous logits and probs of one shape")
     if q is None and seed is None:
         raise ValueError("sample_logits needs a seed tensor or the exponential draws q")
-    device, rows = logits.device, batch * length
-    segments = triton.cdiv(vocab, SEGMENT)
-    grid = (rows, segments)
-    scalars = dict(softcap=float(softcap or 1.0), temperature=float(temperature))
-    flags = dict(HAS_CAP=softcap is not None, EXACT=not INTERPRETED, BLOCK=min(4096, triton.next_power_of_2(vocab)))
-    stats = torch.empty((rows, segments, 5), dtype=torch.float32, device=device)
-    at = torch.empty((rows, segments), dtype=torch.long, device=device)
-    _segment_stats_kernel[grid](logits, stats, at, probs, vocab, SEGMENT, **scalars, **flags, num_warps=8)
-    # the row's statistics from its segments': sums rescaled to the row's maximum
-    top, total, weighted, top_r, total_r = stats.unbind(-1)
-    row_top, row_top_r = top.amax(dim=-1, keepdim=True), top_r.amax(dim=-1, keepdim=True)
-    scale = torch.exp(top - row_top)
-    norm = (total * scale).sum(dim=-1)
-    entropy = torch.log(norm) - (scale * (weighted + total * (top - row_top))).sum(dim=-1) / norm
-    norm_r = (total_r * torch.exp(top_r - row_top_r)).sum(dim=-1)
-    norms = torch.stack([row_top[:, 0], norm, row_top_r[:, 0], norm_r], dim=-1).contiguous()
-    argmax = at.gather(-1, (top == row_top).int().argmax(dim=-1, keepdim=True))  # the first segment holding the max
-    race = torch.empty((rows, segments), dtype=torch.float32, device=device)
-    race_at = torch.empty_like(at)
-    _segment_sample_kernel[grid](
-        logits, norms, q if q is not None else logits, seed if seed is not None else at, race, race_at, probs, vocab,
-        SEGMENT, **scalars, USE_Q=q is not None, **flags, num_warps=8,
+    device = logits.device
+    sampled = torch.empty((batch, length), dtype=torch.long, device=device)
+    argmax = torch.empty_like(sampled)
+    entropy = torch.empty((batch, length), dtype=torch.float32, device=device)
+    confidence = torch.empty_like(entropy)
+    _sample_kernel[(batch * length,)](
+        logits, q if q is not None else logits, seed if seed is not None else sampled, sampled, argmax, entropy,
+        confidence, probs, vocab, float(softcap or 1.0), float(temperature),
+        HAS_CAP=softcap is not None, USE_Q=q is not None, EXACT=not INTERPRETED,
+        BLOCK=min(4096, triton.next_power_of_2(vocab)), num_warps=8,
     )  # fmt: skip
-    sampled = race_at.gather(-1, race.argmax(dim=-1, keepdim=True))
-    shape = (batch, length)
-    return decoding.Draw(sampled.view(shape), argmax.view(shape), entropy.view(shape), (1.0 / norm).view(shape))
+    return decoding.Draw(sampled, argmax, entropy, confidence)
 
 
 # --- switching a model over ------------------------------------------------------------------------------------------
