@@ -29,6 +29,13 @@ def _cache(speech, batch: int, seed: int):
         return speech.prefill(embeds), embeds.shape[1]
 
 
+CASES = [  # (batch, options) of the loops compared with the reference loop
+    (1, DenoiseOptions(steps=1)),
+    (3, DenoiseOptions(steps=8)),
+    (2, DenoiseOptions(steps=24, confidence_threshold=1e6, t_min=0.01, t_max=0.02)),  # stops early
+]
+
+
 def _same(a, b) -> None:
     assert torch.equal(a.tokens, b.tokens)
     assert a.steps_run == b.steps_run
@@ -37,14 +44,7 @@ def _same(a, b) -> None:
             np.testing.assert_array_equal(getattr(ta, name), getattr(tb, name), err_msg=name)
 
 
-@pytest.mark.parametrize(
-    ("batch", "options"),
-    [
-        (1, DenoiseOptions(steps=1)),
-        (3, DenoiseOptions(steps=8)),
-        (2, DenoiseOptions(steps=24, confidence_threshold=1e6, t_min=0.01, t_max=0.02)),  # stops early
-    ],
-)
+@pytest.mark.parametrize(("batch", "options"), CASES)
 def test_identical_to_reference(stack, batch, options):
     stack.backbone.__dict__.pop("_asr_step_runners", None)
     for call, seed in enumerate((5, 6)):  # the second call reuses the runner with a newly loaded cache
@@ -146,14 +146,7 @@ def test_prefill_capture_failure_falls_back_to_eager(stack):
 # --- the fused loop (asr.decoding.denoise_fused with a FusedStepRunner) ----------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("batch", "options"),
-    [
-        (1, DenoiseOptions(steps=1)),
-        (3, DenoiseOptions(steps=8)),
-        (2, DenoiseOptions(steps=24, confidence_threshold=1e6, t_min=0.01, t_max=0.02)),  # stops early
-    ],
-)
+@pytest.mark.parametrize(("batch", "options"), CASES)
 def test_fused_loop_equals_reference(stack, batch, options):
     """With the eager draw (the path without the kernel), the fused loop (raw logits, the self-conditioning signal
     computed from the step's probabilities buffer and handed in by the pre-hook) gives the reference loop's tokens
