@@ -776,15 +776,17 @@ class Bench:
     @contextlib.contextmanager
     def using_kernels(self, norms: bool, experts: bool) -> Iterator[str]:
         """The backbone's RMSNorms and experts as :mod:`asr.kernels` (each True) or transformers' for the duration,
-        then the stack's default again (``asr.loading.use_kernels``: fused on CUDA); yields the variant's name."""
+        then the stack's default again (``asr.loading.use_kernels``: fused on CUDA); yields the variant's name. The
+        denoising loop stays the stack's, except with both off (what ``ASR_KERNELS=off`` runs: the reference loop)."""
         from . import kernels
 
         bb = self.stack.model.backbone
+        default_sampling = self.stack.info.get("sampling") == "fused"
         try:
-            yield kernels.use_fused(bb, norms=norms, experts=experts)
+            yield kernels.use_fused(bb, norms=norms, experts=experts, sampling=default_sampling and (norms or experts))
         finally:
             default = self.stack.info.get("kernels") == "fused"
-            kernels.use_fused(bb, norms=default, experts=default)
+            kernels.use_fused(bb, norms=default, experts=default, sampling=default_sampling)
             self._drop_graphs()
 
     def variant(self, norms: bool = True, experts: bool = True) -> None:
