@@ -39,6 +39,7 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import triton
@@ -50,7 +51,8 @@ from . import decoding, fast
 NAME = "asr_fused"  # the name registered in transformers' ExpertsInterface
 ACTIVATIONS = {"gelu_pytorch_tanh": 0, "gelu_new": 0, "silu": 1}  # config.hidden_activation -> kernel code
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter (tests)
-FAILED: dict[str, str] = {}  # kernel family ("experts", "norms") -> the error that turned it off in this process
+T = TypeVar("T")
+FAILED: dict[str, str] = {}  # kernel family ("experts", "norms", "sampling") -> the error that turned it off
 
 
 def _needs_grad(*tensors: torch.Tensor | None) -> bool:
@@ -58,9 +60,10 @@ def _needs_grad(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def guarded(family: str, fused: Callable[[], torch.Tensor], fallback: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """``fused()``, or transformers' ``fallback()`` from the first time a kernel of ``family`` fails (Triton cannot
-    compile or launch on this machine, say) on: one warning, and the request and the later ones still run."""
+def guarded(family: str, fused: Callable[[], T], fallback: Callable[[], T]) -> T:
+    """``fused()``, or the eager ``fallback()`` (transformers' code; for sampling, ``asr.decoding.draw_torch``) from
+    the first time a kernel of ``family`` fails (Triton cannot compile or launch on this machine, say) on: one
+    warning, and the request and the later ones still run."""
     if family not in FAILED:
         try:
             return fused()
@@ -69,7 +72,7 @@ def guarded(family: str, fused: Callable[[], torch.Tensor], fallback: Callable[[
         except Exception as exc:  # noqa: BLE001 - any compile/launch failure; the fallback is exact
             FAILED[family] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
             warnings.warn(
-                f"asr.kernels: the fused {family} kernel failed ({FAILED[family]}); using transformers' "
+                f"asr.kernels: the fused {family} kernel failed ({FAILED[family]}); using the eager "
                 "implementation from now on", RuntimeWarning, stacklevel=3,
             )  # fmt: skip
     return fallback()
