@@ -41,12 +41,36 @@ class _GraphedRunner:
     """What the decoder-step runners share: a private prompt cache, and the capture of ``_forward`` as a CUDA graph
     (its return value, if any, is ``self.output``, overwritten by every replay)."""
 
-    cache: Cache
     graph: torch.cuda.CUDAGraph | None = None
     output: torch.Tensor | None = None
 
+    def __init__(
+        self, backbone, cache: Cache, prompt_length: int, batch_size: int, canvas_length: int | None,
+        use_graph: bool | None, private_cache: bool,
+    ):  # fmt: skip
+        """The state both runners need: the canvas buffer, the prompt cache (a private copy if ``private_cache``:
+        a graph bakes in its tensors' addresses), the decoder's masks and positions."""
+        device = backbone.device
+        self.backbone = backbone
+        self.use_graph = device.type == "cuda" if use_graph is None else use_graph
+        self.canvas_length = canvas_length or backbone.config.canvas_length
+        self.cache = copy.deepcopy(cache) if private_cache else cache
+        self.canvas = torch.zeros((batch_size, self.canvas_length), dtype=torch.long, device=device)
+        self.mask_mapping, self.positions = decoding.decoder_inputs(
+            backbone, self.cache, prompt_length, batch_size, self.canvas_length
+        )
+
     def _forward(self) -> torch.Tensor | None:
         raise NotImplementedError
+
+    def _run(self) -> torch.Tensor | None:
+        """``_forward()`` eagerly, or its graph's replay (captured at the first call); returns what it returns."""
+        if not self.use_graph:
+            return self._forward()
+        if self.graph is None:
+            self._capture()
+        self.graph.replay()
+        return self.output
 
     def load_cache(self, cache: Cache) -> None:
         """Copy a newly prefilled prompt cache (same shapes) into the runner's cache tensors."""
@@ -75,17 +99,11 @@ class StepRunner(_GraphedRunner):
     """The decoder forward for fixed shapes, over static buffers; a CUDA graph on CUDA, eager elsewhere."""
 
     def __init__(self, backbone, cache: Cache, prompt_length: int, batch_size: int, use_graph: bool | None = None):
-        config = backbone.config
-        device = backbone.device
-        self.backbone = backbone
-        self.use_graph = device.type == "cuda" if use_graph is None else use_graph
-        canvas_length, vocab = config.canvas_length, config.text_config.vocab_size
+        super().__init__(backbone, cache, prompt_length, batch_size, None, use_graph, private_cache=True)
+        device, vocab = backbone.device, backbone.config.text_config.vocab_size
         embed_dtype = backbone.model.decoder.embed_tokens.weight.dtype
-        self.cache = copy.deepcopy(cache)  # private tensors: their addresses are baked into the graph
-        self.canvas = torch.zeros((batch_size, canvas_length), dtype=torch.long, device=device)
-        self.self_conditioning = torch.zeros((batch_size, canvas_length, vocab), dtype=embed_dtype, device=device)
+        self.self_conditioning = torch.zeros((batch_size, self.canvas_length, vocab), dtype=embed_dtype, device=device)
         self.sc_mask = torch.zeros(batch_size, dtype=torch.bool, device=device)
-        self.mask_mapping, self.positions = decoding.decoder_inputs(backbone, self.cache, prompt_length, batch_size)
 
     def _forward(self) -> torch.Tensor:
         return self.backbone(
@@ -102,12 +120,8 @@ class StepRunner(_GraphedRunner):
         else:
             self.self_conditioning.copy_(self_conditioning)
             self.sc_mask.fill_(True)
-        if not self.use_graph:
-            return self._forward()
-        if self.graph is None:
-            self._capture()
-        self.graph.replay()
-        return self.output.clone()  # the graph overwrites its output at the next replay
+        logits = self._run()
+        return logits.clone() if self.use_graph else logits  # the graph overwrites its output at the next replay
 
 
 class FusedStepRunner(_GraphedRunner):
@@ -125,21 +139,13 @@ class FusedStepRunner(_GraphedRunner):
         self, backbone, cache: Cache, prompt_length: int, batch_size: int, canvas_length: int | None = None,
         use_graph: bool | None = None,
     ):  # fmt: skip
-        config = backbone.config
-        device = backbone.device
-        self.backbone = backbone
-        self.use_graph = device.type == "cuda" if use_graph is None else use_graph
-        canvas_length = canvas_length or config.canvas_length
-        embed = backbone.model.decoder.embed_tokens
-        self.cache = copy.deepcopy(cache) if self.use_graph else cache  # graph: addresses are baked in
-        self.canvas = torch.zeros((batch_size, canvas_length), dtype=torch.long, device=device)
+        graph = backbone.device.type == "cuda" if use_graph is None else use_graph
+        super().__init__(backbone, cache, prompt_length, batch_size, canvas_length, use_graph, private_cache=graph)
+        device, vocab = backbone.device, backbone.config.text_config.vocab_size
         # zeros, not empty: the first step multiplies it by a False mask, and 0 * NaN would not vanish
-        self.buffer = torch.zeros((batch_size, canvas_length, config.text_config.vocab_size), dtype=embed.weight.dtype,
-                                  device=device)  # fmt: skip
+        shape = (batch_size, self.canvas_length, vocab)
+        self.buffer = torch.zeros(shape, dtype=backbone.model.decoder.embed_tokens.weight.dtype, device=device)
         self.conditioned = torch.zeros(batch_size, dtype=torch.bool, device=device)
-        self.mask_mapping, self.positions = decoding.decoder_inputs(
-            backbone, self.cache, prompt_length, batch_size, canvas_length
-        )
         self.hook = _self_conditioning_hook(backbone)
 
     def _forward(self) -> None:
@@ -165,12 +171,7 @@ class FusedStepRunner(_GraphedRunner):
         ``conditioned``."""
         self.canvas.copy_(canvas)
         self.conditioned.fill_(conditioned)
-        if not self.use_graph:
-            self._forward()
-        else:
-            if self.graph is None:
-                self._capture()
-            self.graph.replay()
+        self._run()
         return self.buffer
 
 
