@@ -1166,11 +1166,12 @@ def pipeline_path(cases: tuple[str, ...], run: list[dict[str, Any]]) -> tuple[st
     """The cases as ``Pipeline`` runs them by default: on CUDA, batches of at most ``Pipeline.graph_max_batch``
     windows (``graph_max_batch_fused`` with the fused loop: runs whose records say ``sampling: fused``) replay CUDA
     graphs, so such cases are judged by their ``-cudagraph`` records where the run has all of them (a pair compared
-    with each other is taken from the same path). Cases are in batches of 16 windows (``transcribe``'s default)."""
+    with each other is taken from the same path). A case's batch is its record's ``batch`` (else its window count)."""
     have = {r["case"] for r in run}
+    batch = {r["case"]: r.get("batch") for r in run}
     fused = any(r.get("sampling") == "fused" for r in run)
     limit = Pipeline.graph_max_batch_fused if fused else Pipeline.graph_max_batch
-    small = all(c[:1].isdigit() and min(16, int(c.split("x", 1)[0])) <= limit for c in cases)
+    small = all(c[:1].isdigit() and (batch.get(c) or int(c.split("x", 1)[0])) <= limit for c in cases)
     graphed = tuple(f"{c}-cudagraph" for c in cases)
     return graphed if small and set(graphed) <= have else cases
 
