@@ -98,6 +98,9 @@ class TrainConfig:
     # the probability of zeroing a feature channel of a clip across all its frames
     frame_mask: float = 0.0
     channel_dropout: float = 0.0
+    # the CTC loss also trains the lm_head weight (the small model's tied embeddings; --train all only), instead of
+    # reading it frozen as the published recipe does
+    ctc_train_head: bool = False
     gamma_power: float = 1.0  # noise levels: 1 uniform, > 1 denser near the all-noise canvas (see noise_levels)
     self_conditioning: float = 0.5
     sc_t_min: float = 0.4
@@ -342,6 +345,8 @@ def build_model(cfg: TrainConfig) -> tuple[SpeechModel, object, object]:
         raise ValueError(f"--canvas must be one of {M.CANVASES}, got {cfg.canvas!r}")
     if cfg.canvas == "aligned" and cfg.train != "all":
         raise ValueError("--canvas aligned needs --train all (a small model): the adapter file does not record it")
+    if cfg.ctc_train_head and cfg.train != "all":
+        raise ValueError("--ctc-train-head needs --train all: the real backbone's lm_head stays frozen")
     if cfg.model == "tiny-random":
         speech, tokenizer, features = loading.build_tiny(seed=cfg.seed, canvas_length=cfg.canvas_length or 16)
     elif cfg.model == "small":
@@ -748,10 +753,10 @@ def ctc_input_lengths(batch: Batch, slots: int) -> torch.Tensor:
     return torch.where(batch.min_slots > lengths, torch.full_like(lengths, slots), lengths)
 
 
-def ctc_log_probs(speech: SpeechModel, audio: torch.Tensor) -> torch.Tensor:
+def ctc_log_probs(speech: SpeechModel, audio: torch.Tensor, train_head: bool = False) -> torch.Tensor:
     """The CTC head's log-probabilities of the audio embeddings ``audio`` (B, slots, H): (B, slots, V) float32, through
-    the lm_head weight detached (frozen for the CTC loss even when the backbone trains)."""
-    return F.log_softmax(speech.ctc_logits(audio, detach_head=True).float(), dim=-1)
+    the lm_head weight, detached (frozen for the CTC loss even when the backbone trains) unless ``train_head``."""
+    return F.log_softmax(speech.ctc_logits(audio, detach_head=not train_head).float(), dim=-1)
 
 
 @torch.no_grad()
@@ -842,14 +847,15 @@ def compute_losses(
     if cfg.frame_mask or cfg.channel_dropout:
         frames = augment_frames(frames, cfg.frame_mask, cfg.channel_dropout, generator)
     audio = speech.projector(frames).to(backbone.dtype)  # (B, S, H)
-    log_probs = ctc_log_probs(speech, audio)  # (B, S, V): the CTC loss's, and what an aligned canvas follows
+    # (B, S, V): the CTC loss's, and what an aligned canvas follows
+    log_probs = ctc_log_probs(speech, audio, train_head=cfg.ctc_train_head)
     out = {}
     if cfg.w_diffusion or cfg.w_ar:
         if cfg.canvas == "aligned":
             batch = aligned_batch(batch, log_probs.detach(), speech.prompt.pad_id, cfg.pad_weight)
         out = _backbone_losses(speech, audio, batch, cfg, generator)
 
-    # (c) CTC on the projector output through the frozen lm_head; blank = pad id
+    # (c) CTC on the projector output through the lm_head (frozen unless --ctc-train-head); blank = pad id
     ctc = F.ctc_loss(
         log_probs.transpose(0, 1),  # (S, B, V)
         batch.ctc_targets.to(device),
@@ -1307,6 +1313,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--projector-attention", type=int, default=d.projector_attention, help="transformer blocks at the "
                    "projector's end (backbone width): a new small model's, or, with --model FOLDER, how many its "
                    "projector should end in (new ones start as the identity, trained weights kept)")  # fmt: skip
+    p.add_argument("--ctc-train-head", action="store_true", help="the CTC loss also trains the lm_head (a small "
+                   "model's tied embeddings; --train all), instead of reading it frozen as the published recipe")
     p.add_argument("--trim-encoder", action=argparse.BooleanOptionalAction, default=None,
                    help="whisper encodes only each batch's audio (+1 s), a silent window's frames fill the rest, as "
                    "asr.load runs small models (default: for --train all)")  # fmt: skip

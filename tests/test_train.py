@@ -109,6 +109,21 @@ def test_ctc_only_skips_the_backbone_and_gives_the_same_ctc(manifest, tmp_path):
     assert all(p.grad is None for n, p in params.items() if not n.startswith("projector."))
 
 
+def test_ctc_train_head_lets_the_ctc_loss_train_the_tied_embeddings(manifest, tmp_path):
+    cfg, speech, params, frames, batch = _setup(manifest, tmp_path, train="all", w_diffusion=0.0, w_ar=0.0)
+    head = speech.backbone.lm_head.weight
+    T.compute_losses(speech, frames, batch, cfg, torch.Generator().manual_seed(4))["ctc"].backward()
+    assert head.grad is None  # the published recipe: the head is read frozen
+    trained = dataclasses.replace(cfg, ctc_train_head=True)
+    T.compute_losses(speech, frames, batch, trained, torch.Generator().manual_seed(4))["ctc"].backward()
+    # the tied embedding rows of the transcripts' ids and of the blank get gradient
+    used = set(batch.ctc_targets.tolist()) | {speech.prompt.pad_id}
+    assert head.grad is not None and all(head.grad[i].abs().sum() > 0 for i in used)
+    assert head is speech.backbone.get_input_embeddings().weight
+    with pytest.raises(ValueError, match="--ctc-train-head needs --train all"):
+        T.build_model(dataclasses.replace(cfg, train="projector+lora", ctc_train_head=True))
+
+
 def test_total_loss_falls_on_a_fixed_batch(manifest, tmp_path):
     cfg, speech, params, frames, batch = _setup(manifest, tmp_path)
     optimizer = torch.optim.AdamW(params.values(), lr=3e-3)

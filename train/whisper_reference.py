@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="also write the per-utterance table here")
     args = p.parse_args(argv)
     utterances = read_manifest(args.manifest)
-    result = evaluate(FasterWhisper(args.model, args.threads), utterances, steps=0)
+    # ``steps`` only builds the denoising options that FasterWhisper.transcribe ignores (0 is not a valid count).
+    result = evaluate(FasterWhisper(args.model, args.threads), utterances, steps=1)
     label = f"whisper {args.model} (faster-whisper, greedy)"
     table = format_table(result, base=Path(args.manifest).resolve().parent, label=label)
     if args.out:
