@@ -1314,7 +1314,7 @@ def parser() -> argparse.ArgumentParser:
                    "projector's end (backbone width): a new small model's, or, with --model FOLDER, how many its "
                    "projector should end in (new ones start as the identity, trained weights kept)")  # fmt: skip
     p.add_argument("--ctc-train-head", action="store_true", help="the CTC loss also trains the lm_head (a small "
-                   "model's tied embeddings; --train all), instead of reading it frozen as the published recipe")
+                   "model's tied embeddings; --train all), which the published recipe reads frozen")  # fmt: skip
     p.add_argument("--trim-encoder", action=argparse.BooleanOptionalAction, default=None,
                    help="whisper encodes only each batch's audio (+1 s), a silent window's frames fill the rest, as "
                    "asr.load runs small models (default: for --train all)")  # fmt: skip
