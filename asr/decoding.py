@@ -354,8 +354,8 @@ def fuse_ctc(logits: torch.Tensor, ctc_logits: torch.Tensor, weight: float) -> t
     """Joint reading of an aligned canvas (``DenoiseOptions.ctc_weight``): per position, the argmax of
     ``log_softmax(logits) + weight * log_softmax(ctc_logits)``, where ``logits`` are the denoiser's last (B, canvas,
     vocab) and ``ctc_logits`` the CTC head's over the same slots. As CTC/attention joint decoding, but per position:
-    canvas position i is audio slot i. ``mini``, 8 steps: WER 54.8 -> 51.4 % on real speech, 32.6 -> 29.8 % on
-    held-out Kokoro voices at weight 2 (train/results/cpu-x4 section 7)."""
+    canvas position i is audio slot i. Session 12's ``mini``, 8 steps: WER 54.8 -> 51.4 % on real speech, 32.6 ->
+    29.8 % on held-out Kokoro voices at weight 2 (train/results/cpu-x4 section 7)."""
     joint = torch.log_softmax(logits.float(), dim=-1) + weight * torch.log_softmax(ctc_logits.float(), dim=-1)
     return joint.argmax(dim=-1)
 

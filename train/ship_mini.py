@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     whisper = sum(f.stat().st_size for f in (MINI / WHISPER).rglob("*") if f.is_file())
     print(f"{out}: {size / 1e6:.1f} MB (+ the encoder {whisper / 1e6:.1f} MB = {(size + whisper) / 1e6:.1f} MB)")
+    sys.path.insert(0, str(ROOT))  # run as a script, train/ is on the path, not the repository
     from asr.loading import load_small_model
 
     speech, _, _ = load_small_model(out)  # it loads
