@@ -42,13 +42,16 @@ def test_variants_shift_pitch_and_tempo_by_their_factor_and_are_reproducible(tmp
     (out / rows[0]["audio"]).unlink()
     assert pd.main([str(tmp_path / "m.tsv"), "--out", str(out), "--copies", "2", "--seed", "3"]) == 0
     assert (out / rows[0]["audio"]).read_bytes() == first  # the same variant again from (seed, index, copy)
+    again = [json.loads(line) for line in (out / "train.meta.jsonl").read_text().splitlines()]
+    assert again == rows  # variants that existed are described as when they were made
 
 
 def test_colouring_stays_within_its_bound():
     rng = np.random.default_rng(0)
     noise = rng.standard_normal(RATE * 4)
     for seed in range(5):
-        coloured, _ = pd.colour(noise, np.random.default_rng(seed))
+        settings = pd.draw(seed, 0, 0)
+        coloured = pd.colour(noise, settings["colour"], settings["phases"])
         gain = np.abs(np.fft.rfft(coloured)) / (np.abs(np.fft.rfft(noise)) + 1e-12)
         gain_db = 20 * np.log10(gain[100:])
         assert np.max(np.abs(gain_db)) <= pd.MAX_GAIN_DB + 1e-6

@@ -526,8 +526,22 @@ def augment(audio: np.ndarray, rate: int, rng: np.random.Generator) -> tuple[np.
         info["noise"], info["snr_db"] = kind, round(snr, 1)
     peak_db = float(rng.uniform(-25, -1))
     info["peak_db"] = round(peak_db, 1)
-    audio *= 10 ** (peak_db / 20) / (np.max(np.abs(audio)) + 1e-9)
-    return audio.astype(np.float32), info
+    return set_peak(audio, peak_db).astype(np.float32), info
+
+
+def set_peak(audio: np.ndarray, peak_db: float) -> np.ndarray:
+    """``audio`` scaled so that its peak is ``peak_db`` dBFS."""
+    return audio * (10 ** (peak_db / 20) / (np.max(np.abs(audio)) + 1e-9))
+
+
+def write_flac(path: Path, audio: np.ndarray) -> None:
+    """Write a 16 kHz 16-bit FLAC through a temporary file, so that a clip either exists whole or not at all."""
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.flac")
+    sf.write(str(tmp), audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    os.replace(tmp, path)
 
 
 # --- the job --------------------------------------------------------------------------------------------------------
@@ -562,10 +576,7 @@ def make_clip(job: Job, root: str) -> dict | None:
         print(f"skip {job.out} ({job.voice.speaker}): empty audio", file=sys.stderr)
         return None
     audio, info = augment(audio, rate, rng)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.flac")
-    sf.write(str(tmp), audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-    os.replace(tmp, path)
+    write_flac(path, audio)
     meta.update(info)
     meta["seconds"] = round(len(audio) / SAMPLE_RATE, 3)
     return meta

@@ -14,7 +14,7 @@ what was done to each in ``DIR/train.meta.jsonl``. Each variant:
 - sets a random peak level (-25..-1 dBFS).
 
 No noise is added: the clips of ``make_data.py`` carry theirs already. A second copy of a clip listed twice in a
-training mix can be its variant instead, which costs ~20 ms of CPU per clip against ~3 s of Kokoro synthesis.
+training mix can be its variant instead, which costs ~50 ms per clip on one core against seconds of Kokoro synthesis.
 Re-running skips variants that exist; a variant depends only on (``--seed``, clip index, copy), so the files are
 the same on every machine.
 """
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from multiprocessing import Pool
 from pathlib import Path
@@ -31,69 +30,67 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for folder in (ROOT, ROOT / "train"):  # run as a script only train/ is on the path
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
+from make_data import set_peak, write_flac  # noqa: E402
+
+from asr.audio import SAMPLE_RATE  # noqa: E402
 from asr.evaluate import read_manifest  # noqa: E402
 
-SAMPLE_RATE = 16_000
 MAX_GAIN_DB = 8.0
 
 
-def speed_factor(rng: np.random.Generator) -> float:
-    """A resampling factor away from 1: uniform on 0.85-0.95 or 1.05-1.15."""
-    offset = float(rng.uniform(0.05, 0.15))
-    return 1.0 + offset if rng.random() < 0.5 else 1.0 - offset
+def draw(seed: int, index: int, copy: int) -> dict:
+    """The settings of variant ``copy`` of clip ``index``: a function of the three numbers alone, so a variant that
+    exists is described again without reading it."""
+    rng = np.random.default_rng([seed, index, copy])
+    offset = float(rng.uniform(0.05, 0.15))  # the speed factor: uniform on 0.85-0.95 or 1.05-1.15
+    factor = 1.0 + offset if rng.random() < 0.5 else 1.0 - offset
+    amps = rng.uniform(-1.0, 1.0, 3) / np.array([1.0, 2.0, 3.0])
+    phases = rng.uniform(0, 2 * np.pi, 3)
+    peak_db = float(rng.uniform(-25, -1))
+    return {"resample": factor, "colour": amps.tolist(), "phases": phases.tolist(), "peak_db": peak_db}
 
 
-def colour(audio: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[float]]:
-    """Multiply the spectrum by a smooth random gain over log-frequency (a few cosines, at most ``MAX_GAIN_DB``)."""
+def colour(audio: np.ndarray, amps: list[float], phases: list[float]) -> np.ndarray:
+    """Multiply the spectrum by a smooth gain over log-frequency: cosines of these amplitudes and phases, scaled to
+    at most ``MAX_GAIN_DB``."""
     spectrum = np.fft.rfft(audio)
     freqs = np.fft.rfftfreq(len(audio), 1 / SAMPLE_RATE)
     x = np.log2(np.maximum(freqs, 50.0) / 50.0) / np.log2(SAMPLE_RATE / 2 / 50.0)  # 0 at 50 Hz .. 1 at Nyquist
-    amps = rng.uniform(-1.0, 1.0, 3) / np.array([1.0, 2.0, 3.0])
-    phases = rng.uniform(0, 2 * np.pi, 3)
     curve = sum(a * np.cos(np.pi * (k + 1) * x + p) for k, (a, p) in enumerate(zip(amps, phases, strict=True)))
     gain_db = MAX_GAIN_DB * curve / max(1.0, float(np.max(np.abs(curve))))
-    return np.fft.irfft(spectrum * 10 ** (gain_db / 20), len(audio)), [round(float(a), 3) for a in amps]
+    return np.fft.irfft(spectrum * 10 ** (gain_db / 20), len(audio))
 
 
-def perturb(audio: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """One variant of a 16 kHz clip: (audio, what was done)."""
+def perturb(audio: np.ndarray, settings: dict) -> np.ndarray:
+    """The variant of a 16 kHz clip that ``settings`` (from :func:`draw`) describe."""
     import soxr
 
-    factor = speed_factor(rng)
-    out = soxr.resample(audio.astype(np.float32), SAMPLE_RATE * factor, SAMPLE_RATE).astype(np.float64)
-    out, amps = colour(out, rng)
-    peak_db = float(rng.uniform(-25, -1))
-    out *= 10 ** (peak_db / 20) / (np.max(np.abs(out)) + 1e-9)
-    return out.astype(np.float32), {"resample": round(factor, 5), "colour": amps, "peak_db": round(peak_db, 1)}
+    out = soxr.resample(audio.astype(np.float32), SAMPLE_RATE * settings["resample"], SAMPLE_RATE)
+    out = colour(out.astype(np.float64), settings["colour"], settings["phases"])
+    return set_peak(out, settings["peak_db"]).astype(np.float32)
 
 
 def make_variant(job: tuple[int, int, str, str, str, int]) -> dict | None:
-    """Write variant ``copy`` of clip ``index``; returns its metadata row (None when the clip cannot be read)."""
-    import soundfile as sf
-
+    """Write variant ``copy`` of clip ``index`` (unless it exists); returns its metadata row (None when the clip
+    cannot be read)."""
     from asr.audio import AudioError, load_audio
 
     index, copy, src, text, out_dir, seed = job
     rel = f"clips/{index:06d}-{copy}.flac"
     path = Path(out_dir) / rel
-    row = {"audio": rel, "text": text, "source": src}
-    if path.is_file():
-        return row
-    try:
-        audio = load_audio(src)
-    except AudioError as exc:
-        print(f"skip {src}: {exc}", file=sys.stderr)
-        return None
-    rng = np.random.default_rng([seed, index, copy])
-    out, info = perturb(audio, rng)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.flac")
-    sf.write(str(tmp), out, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-    os.replace(tmp, path)
-    return row | info
+    settings = draw(seed, index, copy)
+    if not path.is_file():
+        try:
+            audio = load_audio(src)
+        except AudioError as exc:
+            print(f"skip {src}: {exc}", file=sys.stderr)
+            return None
+        write_flac(path, perturb(audio, settings))
+    return {"audio": rel, "text": text, "source": src, **settings}
 
 
 def main(argv: list[str] | None = None) -> int:
