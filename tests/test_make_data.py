@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import random
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,3 +164,14 @@ def test_resuming_with_a_changed_plan_remakes_the_changed_clips(tmp_path, monkey
     (tmp_path / md.PLAN_FILE).unlink()  # a folder from before plans were recorded
     with pytest.raises(SystemExit, match="no plan.jsonl.gz"):
         md.drop_stale_clips(tmp_path, second, {})
+
+
+def test_committed_kokoro_evaluation_jobs_are_held_out():
+    """train/kokoro-test.jobs.jsonl.gz (the held-out Kokoro set, made by make_eval_sets.sh): 120 test clips, only the
+    held-out voices, every clip its own sentence, in the order the manifest lists them."""
+    jobs, _ = md.read_jobs(Path(md.__file__).parent / "kokoro-test.jobs.jsonl.gz")
+    assert len(jobs) == 120 and {j.split for j in jobs} == {"test"}
+    assert {j.voice.name for j in jobs} == md.HELD_OUT_KOKORO and {j.voice.engine for j in jobs} == {"kokoro"}
+    assert all(md.is_held_out(j.voice) for j in jobs)
+    assert len({j.text for j in jobs}) == 120
+    assert [j.out for j in jobs] == [f"clips/test/{i:06d}.flac" for i in range(120)]
