@@ -408,7 +408,8 @@ def _timing_text(result: dict) -> str:
         f"seed {result.get('seed')}",
     ]
     if result.get("ctc_weight"):
-        parts.append(f"read jointly with the CTC head (weight {result['ctc_weight']:g})")
+        spelled = ", words spelled from its lexicon" if result.get("lexicon") else ""
+        parts.append(f"read jointly with the CTC head (weight {result['ctc_weight']:g}{spelled})")
     return " · ".join(parts)
 
 
@@ -600,14 +601,15 @@ function drawJoint(s) {
     const c = fin[p] !== st.argmax[p]; changed += c ? 1 : 0;
     const h = Math.round(8 + 130 * Math.max(0, Math.min(1, Number(st.confidence[p]))));
     const tip = 'position ' + p + '\nlast step\'s draft: ' + plain(st.argmax[p]) + '\njoint reading: ' + plain(fin[p]) +
-      (c ? '\nchanged by the CTC head' : '\nas the last draft');
+      (c ? '\nchanged by the joint reading' : '\nas the last draft');
     cells.push('<span class="tok acc' + (c ? ' chg' : '') + '" style="--h:' + h + '" title="' + esc(tip) + '">' +
       '<span class="in">' + piece(st.argmax[p]) + '</span><span class="out">' + piece(fin[p]) + '</span></span>');
   }
   root.querySelector('.dv-label').textContent = 'Joint reading';
   root.querySelector('.dv-canvas').innerHTML = cells.join('');
   root.querySelector('.dv-stats').textContent = 'the last step\'s log-probabilities + ' + data.ctc_weight +
-    ' × the CTC head\'s, per position (small grey line: the last draft) · ' + changed + ' of ' + L +
+    ' × the CTC head\'s, ' + (data.lexicon ? 'words spelled from the model\'s lexicon (a beam search over the ' +
+    'positions)' : 'per position') + ' (small grey line: the last draft) · ' + changed + ' of ' + L +
     ' positions changed · this reading is the transcript';
   root.querySelector('.dv-draft').innerHTML = '<b>Transcript</b>' + (s.text ? esc(s.text) : '<i>(empty)</i>');
 }
@@ -764,8 +766,8 @@ ABOUT = """
    confident predictions are **accepted**, the others are **re-noised** (replaced by random tokens) and predicted again.
 4. Denoising stops after the chosen number of steps, or earlier once the draft is stable and confident.
 5. The small model `mini` (what serves without a GPU) reads the final canvas jointly with its CTC head: per position,
-   the denoiser's log-probabilities plus twice the head's (the visualiser's last frame shows it). The real model reads
-   the last draft as it is.
+   the denoiser's log-probabilities plus twice the head's, its words spelled from a word lexicon by a beam search over
+   the positions (the visualiser's last frame shows that reading). The real model reads the last draft as it is.
 
 The same seed gives the same transcript. Silence is answered with *no speech detected* rather than invented text.
 
@@ -867,7 +869,8 @@ def build_demo(state: ModelState, max_audio_seconds: float = MAX_AUDIO_SECONDS) 
         Returns the transcript text and JSON like /transcribe's, where each segment also has "steps": one record per
         step with index, temperature, canvas (the tokens the model was given), sampled, argmax (the draft),
         accepted (kept vs re-noised), confidence, entropy and draft_text; "token_pieces" maps token ids to text.
-        Where "ctc_weight" > 0 (mini) the text was read jointly with the CTC head from each segment's "final_canvas".
+        Where "ctc_weight" > 0 (mini) the text was read jointly with the CTC head from each segment's "final_canvas"
+        ("lexicon": true: its words spelled from the model's word lexicon).
         """
         (transcript,) = _run(state, audio, [steps], seed, True, progress, max_audio_seconds)
         return transcript.text, transcript_dict(transcript, steps=True, pipe=state.pipe)

@@ -32,6 +32,9 @@ def parser() -> argparse.ArgumentParser:
                    help="for models with an aligned canvas such as mini: read the final canvas jointly with the CTC "
                    "head, argmax of the denoiser's log-probabilities + this weight x the head's; 0: the denoiser's own "
                    "argmax (default: the model's own setting; mini: 2, its most accurate)")  # fmt: skip
+    p.add_argument("--no-lexicon", action="store_true",
+                   help="read that joint canvas position by position, without the model's word lexicon (mini ships "
+                   "one: by default its words are spelled from it)")  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible output")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--format", choices=FORMATS, default="txt", help="output format (default txt)")
@@ -70,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     from .decoding import DenoiseOptions
 
     try:
-        options = DenoiseOptions(steps=args.steps, start=args.start, ctc_weight=args.ctc_weight)
+        lexicon = False if args.no_lexicon else None
+        options = DenoiseOptions(steps=args.steps, start=args.start, ctc_weight=args.ctc_weight, lexicon=lexicon)
     except ValueError as exc:
         parser().error(str(exc))
     failed = 0

@@ -14,10 +14,15 @@ random numbers (the same distribution). With the eager draw instead of the kerne
 
 from __future__ import annotations
 
+import bisect
+import gzip
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from transformers.cache_utils import Cache
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
@@ -58,6 +63,10 @@ class DenoiseOptions:
     # log softmax(last step's logits) + ctc_weight * log softmax(CTC head) per position (fuse_ctc); 0: the last
     # step's argmax, as generate(); None: the model's own default (SpeechModel.ctc_weight, read by Pipeline).
     ctc_weight: float | None = None
+    # For models that ship a word lexicon (mini): True reads the joint canvas (ctc_weight > 0) with it
+    # (lexicon_search: a CTC prefix beam search over the joint log-probabilities, every word spelled from the
+    # lexicon or paying its out-of-lexicon score); False: per-position argmax; None: the model's own setting.
+    lexicon: bool | None = None
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
@@ -356,8 +365,148 @@ def fuse_ctc(logits: torch.Tensor, ctc_logits: torch.Tensor, weight: float) -> t
     vocab) and ``ctc_logits`` the CTC head's over the same slots. As CTC/attention joint decoding, but per position:
     canvas position i is audio slot i. Session 12's ``mini``, 8 steps: WER 54.8 -> 51.4 % on real speech, 32.6 ->
     29.8 % on held-out Kokoro voices at weight 2 (train/results/cpu-x4 section 7)."""
+    return joint_log_probs(logits, ctc_logits, weight).argmax(dim=-1)
+
+
+def joint_log_probs(logits: torch.Tensor, ctc_logits: torch.Tensor, weight: float) -> torch.Tensor:
+    """Per position, ``log_softmax(log_softmax(logits) + weight * log_softmax(ctc_logits))``: :func:`fuse_ctc`'s
+    joint scores, normalised to log-probabilities over the vocabulary (what :func:`lexicon_search` reads)."""
     joint = torch.log_softmax(logits.float(), dim=-1) + weight * torch.log_softmax(ctc_logits.float(), dim=-1)
-    return joint.argmax(dim=-1)
+    return torch.log_softmax(joint, dim=-1)
+
+
+@dataclass(frozen=True)
+class Lexicon:
+    """Words with unigram log-probabilities, and the weights of :func:`lexicon_search`.
+
+    A word's score is ``alpha * log P(word) + beta``; a word that is not in the lexicon scores ``oov`` (charged once,
+    as soon as its spelling is no prefix of any lexicon word) plus ``beta``. ``beam`` prefixes are kept per audio
+    slot, each extended by at most ``top_k`` tokens, those with a log-probability above ``min_log_prob``."""
+
+    words: tuple[str, ...]  # sorted: a spelling's prefixes are found by bisection
+    log_probs: dict[str, float]
+    alpha: float = 1.5  # these defaults: the best of a grid on 100 Kokoro clips mini never heard (train/results/cpu-x4
+    beta: float = 5.0  # section 15); a broad optimum, within 0.4 points for alpha 1-1.5, beta 1-7, oov -32 to -70
+    oov: float = -40.0
+    beam: int = 12
+    top_k: int = 8
+    min_log_prob: float = -12.0
+
+    @classmethod
+    def read(cls, path: str | Path, **weights: float) -> Lexicon:
+        """A ``word<TAB>count`` file (gzip-compressed when it ends in ``.gz``; ``train/make_lexicon.py`` writes
+        one); ``weights`` set the other fields."""
+        path = Path(path)
+        opener = gzip.open if path.suffix == ".gz" else open
+        counts: dict[str, int] = {}
+        with opener(path, "rt", encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                word, _, count = line.rstrip("\n").partition("\t")
+                if not word or not count.isdigit() or int(count) < 1:
+                    raise ValueError(f"{path}:{number}: expected 'word<TAB>count' with a count >= 1")
+                counts[word] = counts.get(word, 0) + int(count)
+        if not counts:
+            raise ValueError(f"{path} holds no words")
+        total = sum(counts.values())
+        log_probs = {w: math.log(c / total) for w, c in counts.items()}
+        return cls(tuple(sorted(counts)), log_probs, **weights)
+
+    def is_prefix(self, spelling: str) -> bool:
+        """Whether some lexicon word starts with ``spelling``."""
+        i = bisect.bisect_left(self.words, spelling)
+        return i < len(self.words) and self.words[i].startswith(spelling)
+
+    def word_score(self, word: str) -> float:
+        """``alpha * log P(word)`` for a lexicon word, else ``oov`` (both without ``beta``)."""
+        logp = self.log_probs.get(word)
+        return self.oov if logp is None else self.alpha * logp
+
+
+def token_pieces(tokenizer, vocab_size: int) -> list[tuple[bool, str] | None]:
+    """Per token id, (whether it starts a new word, its letters), from the tokenizer's own decoding of the id alone
+    (a leading space starts a word, as byte-level BPE's ``Ġ`` and SentencePiece's ``▁`` decode); None for ids
+    without text (special tokens)."""
+    out: list[tuple[bool, str] | None] = []
+    for i in range(vocab_size):
+        text = tokenizer.decode([i], skip_special_tokens=True)
+        out.append((text[:1].isspace(), text.strip()) if text.strip() else None)
+    return out
+
+
+def lexicon_search(
+    log_probs: torch.Tensor, lexicon: Lexicon, pieces: list[tuple[bool, str] | None], blank: int
+) -> list[int]:
+    """Read one aligned canvas with a word lexicon: a CTC prefix beam search over ``log_probs`` (slots, vocab; e.g.
+    :func:`joint_log_probs`) in which each word adds :meth:`Lexicon.word_score` plus ``beta`` (CTC decoding with a
+    lexicon and a unigram language model, as in speech toolkits' beam decoders). Returns the best transcript as an
+    aligned canvas: each token at the slot where the most probable single CTC path of that transcript emits it
+    (:func:`ctc_alignment`), ``blank`` elsewhere, so that a greedy CTC reading of it (:func:`ctc_collapse`) gives the
+    transcript's tokens and word timings follow from the slots.
+    ``pieces`` is :func:`token_pieces`' list; ids without a piece are never emitted."""
+    lp = log_probs.detach().float().cpu().numpy()
+    slots, vocab = lp.shape
+    if len(pieces) < vocab:
+        raise ValueError(f"{len(pieces)} token pieces for a vocabulary of {vocab}")
+    never = np.array([p is None for p in pieces[:vocab]])
+    never[blank] = True
+    scores = np.where(never[None, :], -np.inf, lp)
+    k = min(lexicon.top_k, vocab - 1)
+    candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    # per prefix (a tuple of ids): [log P(ending in blank), log P(ending in its last id)], and, fixed when the prefix
+    # is made: (language score so far, the spelling of its unfinished word, whether that was charged oov)
+    beams: dict[tuple[int, ...], list[float]] = {(): [0.0, -math.inf]}
+    made: dict[tuple[int, ...], tuple[float, str, bool]] = {(): (0.0, "", False)}
+
+    def extend(prefix: tuple[int, ...], token: int) -> tuple[float, str, bool]:
+        score, spelling, charged = made[prefix]
+        starts, piece = pieces[token]
+        if starts and spelling:  # the unfinished word ends here
+            score += (0.0 if charged else lexicon.word_score(spelling)) + lexicon.beta
+            spelling, charged = piece, False
+        else:
+            spelling += piece
+        if not charged and not lexicon.is_prefix(spelling):
+            score, charged = score + lexicon.oov, True
+        return score, spelling, charged
+
+    for t in range(slots):
+        row = lp[t]
+        ids = [int(c) for c in candidates[t] if scores[t, c] > lexicon.min_log_prob]
+        nxt: dict[tuple[int, ...], list[float]] = {}
+        for prefix, (p_blank, p_last) in beams.items():
+            total = np.logaddexp(p_blank, p_last)
+            entry = nxt.setdefault(prefix, [-math.inf, -math.inf])
+            entry[0] = np.logaddexp(entry[0], total + row[blank])
+            last = prefix[-1] if prefix else None
+            for c in ids:
+                if c == last:  # the same id again: the same token continues, or (after a blank) a new one
+                    entry[1] = np.logaddexp(entry[1], p_last + row[c])
+                    source = p_blank + row[c]
+                else:
+                    source = total + row[c]
+                if source == -math.inf:  # (the same id right after itself, no blank between: no new token)
+                    continue
+                longer = (*prefix, c)
+                if longer not in made:
+                    made[longer] = extend(prefix, c)
+                other = nxt.setdefault(longer, [-math.inf, -math.inf])
+                other[1] = np.logaddexp(other[1], source)
+        ranked = sorted(nxt.items(), key=lambda kv: np.logaddexp(*kv[1]) + made[kv[0]][0], reverse=True)
+        beams = dict(ranked[: lexicon.beam])
+
+    def final(prefix: tuple[int, ...]) -> float:
+        score, spelling, charged = made[prefix]
+        if spelling:
+            score += (0.0 if charged else lexicon.word_score(spelling)) + lexicon.beta
+        return float(np.logaddexp(*beams[prefix])) + score
+
+    best = list(max(beams, key=final))
+    canvas = [blank] * slots
+    if best:  # each token where the most probable single path of this transcript emits it
+        where = ctc_alignment(log_probs[None], [best], torch.tensor([slots]), blank)[0]
+        for token, slot in zip(best, where, strict=True):
+            canvas[slot] = token
+    return canvas
 
 
 def sample(
@@ -437,6 +586,58 @@ class _Recorder:
         temperature = self.temperature[:steps].numpy()
         batch = arrays["canvas"].shape[1]
         return [StepTrace(temperature=temperature, **{k: v[:, b] for k, v in arrays.items()}) for b in range(batch)]
+
+
+def ctc_alignment(
+    log_probs: torch.Tensor, targets: list[list[int]], lengths: torch.Tensor, blank: int
+) -> list[list[int]]:
+    """The best single CTC path (Viterbi) of each row's ``targets`` through the first ``lengths[b]`` slots of
+    ``log_probs`` (B, T, V): for every target id, the slot where that path emits it (the first slot of its run).
+
+    A row with no path (more ids, with a blank between repeated ones, than slots) gets its ids spread evenly.
+    """
+    B, T, _ = log_probs.shape
+    device = log_probs.device
+    n = torch.tensor([len(t) for t in targets], device=device)
+    S = 2 * int(n.max()) + 1
+    ext = torch.full((B, S), blank, dtype=torch.long, device=device)  # blank, id, blank, id, ..., blank
+    for b, t in enumerate(targets):
+        ext[b, 1 : 2 * len(t) : 2] = torch.tensor(t, dtype=torch.long, device=device)
+    valid = torch.arange(S, device=device)[None] < (2 * n + 1)[:, None]
+    skip = torch.zeros((B, S), dtype=torch.bool, device=device)  # s - 2 -> s: between two different ids
+    skip[:, 2:] = (ext[:, 2:] != blank) & (ext[:, 2:] != ext[:, :-2])
+    emit = log_probs.float().gather(2, ext[:, None, :].expand(B, T, S))  # (B, T, S)
+    neg = torch.tensor(float("-inf"), device=device)
+    alpha = torch.where(valid & (torch.arange(S, device=device) < 2)[None], emit[:, 0], neg)
+    back = torch.zeros((T, B, S), dtype=torch.long, device=device)  # 0 stay, 1 from s - 1, 2 from s - 2
+    lengths = lengths.to(device)
+    for t in range(1, T):
+        one = torch.cat([neg.expand(B, 1), alpha[:, :-1]], dim=1)
+        two = torch.where(skip, torch.cat([neg.expand(B, 2), alpha[:, :-2]], dim=1), neg)
+        best, arg = torch.stack([alpha, one, two], dim=-1).max(dim=-1)
+        active = (t < lengths)[:, None]
+        alpha = torch.where(active, torch.where(valid, best + emit[:, t], neg), alpha)
+        back[t] = torch.where(active, arg, 0)
+    rows = torch.arange(B, device=device)
+    last, before = 2 * n, (2 * n - 1).clamp(min=0)
+    state = torch.where(alpha[rows, before] > alpha[rows, last], before, last)
+    found = alpha[rows, state] > neg
+    path = torch.empty((T, B), dtype=torch.long, device=device)
+    for t in range(T - 1, -1, -1):
+        path[t] = state
+        state = state - back[t, rows, state]
+    path = path.T.tolist()
+    out = []
+    for b, t in enumerate(targets):
+        if not bool(found[b]):
+            out.append([int(i * int(lengths[b]) / len(t)) for i in range(len(t))])
+            continue
+        first: dict[int, int] = {}
+        for slot, s in enumerate(path[b][: int(lengths[b])]):
+            if s % 2 == 1:
+                first.setdefault(s // 2, slot)
+        out.append([first[j] for j in range(len(t))])
+    return out
 
 
 def ctc_canvas(best_path: torch.Tensor, blank: int) -> torch.Tensor:

@@ -200,16 +200,18 @@ def evaluate(
     ctc: bool = False,
     start: str = "noise",
     ctc_weight: float | None = None,
+    lexicon: bool | None = None,
 ) -> StepsResult:
     """Transcribe every utterance with ``steps`` denoising steps and score the corpus. ``ctc``: score the CTC head's
     greedy transcripts instead (:meth:`asr.Pipeline.transcribe_ctc`; ``steps`` is then 0). ``start``: the first
     canvas (``DenoiseOptions.start``); ``ctc_weight``: read the final canvas jointly with the CTC head
-    (``DenoiseOptions.ctc_weight``; None: the model's own setting)."""
+    (``DenoiseOptions.ctc_weight``; None: the model's own setting); ``lexicon``: spell that reading's words from the
+    model's lexicon (``DenoiseOptions.lexicon``; None: the model's own setting)."""
     import torch
 
     from .decoding import DenoiseOptions
 
-    options = None if ctc else DenoiseOptions(steps=steps, start=start, ctc_weight=ctc_weight)
+    options = None if ctc else DenoiseOptions(steps=steps, start=start, ctc_weight=ctc_weight, lexicon=lexicon)
 
     def transcribe(path: str):
         if ctc:
@@ -305,6 +307,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ctc-weight", type=float, default=None, help="read the final canvas jointly with the CTC head, "
                    "with this weight (models with an aligned canvas); 0: the denoiser's argmax (default: the model's "
                    "own setting; mini: 2)")  # fmt: skip
+    p.add_argument("--no-lexicon", action="store_true", help="read the final canvas position by position, without "
+                   "the model's word lexicon (models that ship one, such as mini)")  # fmt: skip
     p.add_argument("--language", default="en", help="en: Whisper's English normaliser; else the basic one")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--limit", type=int, default=None, help="only the first N utterances")
@@ -345,7 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot load {args.model}: {exc}", file=sys.stderr)
         return 2
     weight = pipe.model.ctc_weight if args.ctc_weight is None else args.ctc_weight
+    lexicon = weight > 0 and pipe.model.lexicon is not None and not args.no_lexicon
     reading = f"read jointly with the CTC head, weight {weight:g}" if weight > 0 else "the denoiser's argmax"
+    reading += ", words spelled from the model's lexicon" if lexicon else ""
     print(f"model {pipe.name} on {pipe.device}, loaded in {load_s:.2f} s; {len(utterances)} utterances; final canvas: "
           f"{reading}")  # fmt: skip
     ctc = None
@@ -356,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for steps in args.steps:
         result = evaluate(pipe, utterances, steps, args.seed, args.language, progress=not args.quiet, start=args.start,
-                          ctc_weight=args.ctc_weight)  # fmt: skip
+                          ctc_weight=args.ctc_weight, lexicon=False if args.no_lexicon else None)  # fmt: skip
         results.append(result)
         if not args.quiet:
             print(format_table(result, base=args.manifest.parent))
@@ -369,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                     "seed": args.seed,
                     "start": args.start,
                     "ctc_weight": weight,
+                    "lexicon": lexicon,
                     "results": [_as_json(r) for r in results],
                     "ctc": _as_json(ctc) if ctc else None,
                 },

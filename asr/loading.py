@@ -23,6 +23,7 @@ from transformers import DiffusionGemmaForBlockDiffusion, WhisperFeatureExtracto
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from . import model as M
+from .decoding import Lexicon
 from .model import Projector, ProjectorLayoutError, SpeechModel
 
 DEFAULT_MODEL = "interfaze-ai/diffusion-gemma-asr-small"
@@ -236,17 +237,29 @@ def load_small_model(folder: Path, canvas_length: int | None = None):
         layout = [M.LayerSpec(**spec) for spec in info["projector_layout"]] if "projector_layout" in info else None
         projector = adapter_projector({"projector": load_file(folder / "projector.safetensors")}, layout).float()
         prompt = M.PromptFormat(**info["prompt"])
+        lexicon = read_lexicon(info.get("lexicon"), folder)
     except (OSError, KeyError, TypeError, ValueError) as exc:
         raise ModelLoadError(f"the small model in {folder} is incomplete or unreadable: {exc}") from exc
     backbone.config.canvas_length = canvas_length or int(info.get("canvas_length", backbone.config.canvas_length))
     try:
         speech = SpeechModel(
             whisper, projector, backbone, prompt, canvas=info.get("canvas", "packed"),
-            ctc_weight=float(info.get("ctc_weight", 0.0)),
+            ctc_weight=float(info.get("ctc_weight", 0.0)), lexicon=lexicon,
         )  # fmt: skip
     except (ProjectorLayoutError, ValueError, TypeError) as exc:
         raise AdapterError(f"{folder / SMALL_MODEL_INFO}: {exc}") from exc
     return speech, tokenizer, features
+
+
+def read_lexicon(spec: dict | None, folder: Path) -> Lexicon | None:
+    """``speech.json``'s ``lexicon`` entry (``{"file": "lexicon.tsv.gz", "alpha": ..., "beta": ..., ...}``, the file
+    beside ``speech.json``) as a :class:`asr.decoding.Lexicon`; None without one."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or not isinstance(spec.get("file"), str) or Path(spec["file"]).name != spec["file"]:
+        raise ValueError(f"'lexicon' must be an object naming its 'file' beside speech.json, got {spec!r}")
+    weights = {k: v for k, v in spec.items() if k != "file"}
+    return Lexicon.read(folder / spec["file"], **weights)
 
 
 def load_whisper(

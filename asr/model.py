@@ -16,7 +16,7 @@ from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, 
 from transformers.cache_utils import DynamicCache
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from .decoding import check_ctc_weight
+from .decoding import Lexicon, check_ctc_weight
 
 # Gemma 4 vocabulary ids of the audio markers (the real tokenizer is asked too; these are what it must say).
 AUDIO_START_ID = 256_000  # <|audio>
@@ -319,7 +319,9 @@ class SpeechModel(nn.Module):
 
     ``ctc_weight`` is how the model's transcripts are read by default (``DenoiseOptions(ctc_weight=None)``): 0 takes
     the last step's argmax; > 0, for an aligned canvas, reads it jointly with the CTC head (``decoding.fuse_ctc``).
-    A small model's ``speech.json`` records it (``mini``: 2, the best weight measured for it)."""
+    A small model's ``speech.json`` records it (``mini``: 2, the best weight measured for it). ``lexicon``, for an
+    aligned canvas, is a word lexicon that such a joint reading spells its words from by default
+    (``decoding.lexicon_search``; ``speech.json``'s ``lexicon``)."""
 
     def __init__(
         self,
@@ -329,6 +331,7 @@ class SpeechModel(nn.Module):
         prompt: PromptFormat,
         canvas: str = "packed",
         ctc_weight: float = 0.0,
+        lexicon: Lexicon | None = None,
     ):
         super().__init__()
         self.whisper = whisper.eval().requires_grad_(False)
@@ -339,6 +342,9 @@ class SpeechModel(nn.Module):
         if check_ctc_weight(ctc_weight) > 0 and canvas != "aligned":
             raise ValueError(f"ctc_weight > 0 needs an aligned canvas, not a {canvas} one")
         self.ctc_weight = float(ctc_weight)
+        if lexicon is not None and canvas != "aligned":
+            raise ValueError(f"a lexicon needs an aligned canvas, not a {canvas} one")
+        self.lexicon = lexicon
         hidden = backbone.config.text_config.hidden_size
         if projector.out_dim != hidden:
             raise ProjectorLayoutError(f"projector outputs {projector.out_dim} features, the backbone expects {hidden}")

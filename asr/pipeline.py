@@ -16,7 +16,18 @@ import torch
 
 from . import audio as A
 from . import fast
-from .decoding import DenoiseOptions, ctc_canvas, ctc_collapse, ctc_word_slots, denoise, fuse_ctc, trim_tokens
+from .decoding import (
+    DenoiseOptions,
+    ctc_canvas,
+    ctc_collapse,
+    ctc_word_slots,
+    denoise,
+    fuse_ctc,
+    joint_log_probs,
+    lexicon_search,
+    token_pieces,
+    trim_tokens,
+)
 from .model import WHISPER_FRAME_RATE, SpeechModel
 from .transcript import Segment, Timings, Transcript, Word
 
@@ -147,6 +158,10 @@ class Pipeline:
             self._require_aligned('start="ctc"')
         if options.ctc_weight > 0:
             self._require_aligned("ctc_weight > 0")
+        if options.lexicon is None:  # the model's own reading: its lexicon, where it has one, in a joint reading
+            options = dataclasses.replace(options, lexicon=self.model.lexicon is not None and options.ctc_weight > 0)
+        if options.lexicon and (self.model.lexicon is None or options.ctc_weight == 0):
+            raise ValueError("lexicon=True needs a model with a lexicon (mini) and a joint reading (ctc_weight > 0)")
         seed = secrets.randbits(31) if seed is None else int(seed)
         generator = torch.Generator(device=self.device).manual_seed(seed)
 
@@ -156,7 +171,7 @@ class Pipeline:
         segments, timings = self._run(audio, sample_rate, batch_size, progress, denoise_batch)
         return Transcript(
             segments=segments, timings=timings, model=self.name, steps=options.steps, seed=seed,
-            ctc_weight=options.ctc_weight,
+            ctc_weight=options.ctc_weight, lexicon=options.lexicon,
         )  # fmt: skip
 
     def transcribe_ctc(
@@ -245,7 +260,12 @@ class Pipeline:
 
                 def read_jointly() -> torch.Tensor:
                     ctc_logits = self.model.ctc_logits(audio_embeds[:, : final.shape[1]])
-                    return fuse_ctc(result.logits, ctc_logits, options.ctc_weight)
+                    if not options.lexicon:
+                        return fuse_ctc(result.logits, ctc_logits, options.ctc_weight)
+                    joint = joint_log_probs(result.logits, ctc_logits, options.ctc_weight)
+                    pad = self.model.prompt.pad_id
+                    rows = [lexicon_search(row, self.model.lexicon, self._pieces, pad) for row in joint]
+                    return torch.tensor(rows, dtype=torch.long, device=final.device)
 
                 final = self._timed(stages, "ctc", read_jointly)
         segments = []
@@ -307,6 +327,11 @@ class Pipeline:
         if self.model.canvas == "aligned":  # one position per audio slot (model.CANVASES)
             return ctc_collapse(list(canvas), blank=prompt.pad_id)
         return trim_tokens(list(canvas), prompt.eos_ids, prompt.pad_id)
+
+    @functools.cached_property
+    def _pieces(self) -> list[tuple[bool, str] | None]:
+        """:func:`asr.decoding.token_pieces` of the tokenizer, for the lexicon reading."""
+        return token_pieces(self.tokenizer, self.model.backbone.config.text_config.vocab_size)
 
     def _text(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True).strip()

@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import model as M
-from .decoding import decoder_inputs
+from .decoding import ctc_alignment, decoder_inputs
 from .evaluate import Utterance, parse_manifest, read_manifest
 from .loading import SMALL_MODEL_INFO, load_whisper, small_model_folder
 from .model import Projector, SpeechModel
@@ -694,58 +694,6 @@ def make_batch(
 
 
 @torch.no_grad()
-def ctc_alignment(
-    log_probs: torch.Tensor, targets: list[list[int]], lengths: torch.Tensor, blank: int
-) -> list[list[int]]:
-    """The best single CTC path (Viterbi) of each row's ``targets`` through the first ``lengths[b]`` slots of
-    ``log_probs`` (B, T, V): for every target id, the slot where that path emits it (the first slot of its run).
-
-    A row with no path (more ids, with a blank between repeated ones, than slots) gets its ids spread evenly.
-    """
-    B, T, _ = log_probs.shape
-    device = log_probs.device
-    n = torch.tensor([len(t) for t in targets], device=device)
-    S = 2 * int(n.max()) + 1
-    ext = torch.full((B, S), blank, dtype=torch.long, device=device)  # blank, id, blank, id, ..., blank
-    for b, t in enumerate(targets):
-        ext[b, 1 : 2 * len(t) : 2] = torch.tensor(t, dtype=torch.long, device=device)
-    valid = torch.arange(S, device=device)[None] < (2 * n + 1)[:, None]
-    skip = torch.zeros((B, S), dtype=torch.bool, device=device)  # s - 2 -> s: between two different ids
-    skip[:, 2:] = (ext[:, 2:] != blank) & (ext[:, 2:] != ext[:, :-2])
-    emit = log_probs.float().gather(2, ext[:, None, :].expand(B, T, S))  # (B, T, S)
-    neg = torch.tensor(float("-inf"), device=device)
-    alpha = torch.where(valid & (torch.arange(S, device=device) < 2)[None], emit[:, 0], neg)
-    back = torch.zeros((T, B, S), dtype=torch.long, device=device)  # 0 stay, 1 from s - 1, 2 from s - 2
-    lengths = lengths.to(device)
-    for t in range(1, T):
-        one = torch.cat([neg.expand(B, 1), alpha[:, :-1]], dim=1)
-        two = torch.where(skip, torch.cat([neg.expand(B, 2), alpha[:, :-2]], dim=1), neg)
-        best, arg = torch.stack([alpha, one, two], dim=-1).max(dim=-1)
-        active = (t < lengths)[:, None]
-        alpha = torch.where(active, torch.where(valid, best + emit[:, t], neg), alpha)
-        back[t] = torch.where(active, arg, 0)
-    rows = torch.arange(B, device=device)
-    last, before = 2 * n, (2 * n - 1).clamp(min=0)
-    state = torch.where(alpha[rows, before] > alpha[rows, last], before, last)
-    found = alpha[rows, state] > neg
-    path = torch.empty((T, B), dtype=torch.long, device=device)
-    for t in range(T - 1, -1, -1):
-        path[t] = state
-        state = state - back[t, rows, state]
-    path = path.T.tolist()
-    out = []
-    for b, t in enumerate(targets):
-        if not bool(found[b]):
-            out.append([int(i * int(lengths[b]) / len(t)) for i in range(len(t))])
-            continue
-        first: dict[int, int] = {}
-        for slot, s in enumerate(path[b][: int(lengths[b])]):
-            if s % 2 == 1:
-                first.setdefault(s // 2, slot)
-        out.append([first[j] for j in range(len(t))])
-    return out
-
-
 def ctc_input_lengths(batch: Batch, slots: int) -> torch.Tensor:
     """The CTC input length of each clip: the slots covering its audio, or all ``slots`` of the window when no CTC path
     of its transcript fits in those (more ids, with a blank between repeated ones, than slots)."""

@@ -140,6 +140,7 @@ class Transcript:
     steps: int = 0
     seed: int | None = None
     ctc_weight: float = 0.0  # > 0: the final canvases were read jointly with the CTC head (DenoiseOptions)
+    lexicon: bool = False  # True: that joint reading spelled its words from the model's lexicon (DenoiseOptions)
 
     @property
     def text(self) -> str:
@@ -159,6 +160,7 @@ class Transcript:
             "steps": self.steps,
             "seed": self.seed,
             "ctc_weight": self.ctc_weight,
+            "lexicon": self.lexicon,
             "timings": self.timings.to_dict(),
             "segments": [s.to_dict(steps=steps) for s in self.segments],
         }

@@ -120,8 +120,9 @@ def test_transcribe_with_steps_records_every_step(client, pipe, steps):
 
 
 def test_a_joint_reading_is_recorded_for_the_visualiser(app):
-    """mini reads its final canvas jointly with the CTC head: the record carries the weight and, per segment, the
-    canvas the text was read from (its tokens in token_pieces), and the timing line says how it was read."""
+    """mini reads its final canvas jointly with the CTC head, words spelled from its lexicon: the record carries the
+    weight, the lexicon and, per segment, the canvas the text was read from (its tokens in token_pieces), and the
+    timing line says how it was read."""
     import asr
 
     mini = asr.load("mini", device="cpu")
@@ -132,7 +133,8 @@ def test_a_joint_reading_is_recorded_for_the_visualiser(app):
         final = seg["final_canvas"]
         assert len(final) == len(seg["steps"][-1]["argmax"]) and mini.decode(final) == seg["text"]
         assert all(str(t) in record["token_pieces"] for t in final)
-    assert "read jointly with the CTC head (weight 2)" in app.result_info(record)
+    assert record["lexicon"] is True
+    assert "read jointly with the CTC head (weight 2, words spelled from its lexicon)" in app.result_info(record)
     assert "final_canvas" not in app.transcript_dict(transcript, steps=False, pipe=mini)["segments"][0]
 
 

@@ -215,6 +215,7 @@ def test_visualiser_ends_on_minis_joint_reading(browser, tmp_path):
             assert draft.startswith("Transcript") and transcript.strip() in draft
             changed = page.locator("#vis-player .dv-canvas .tok.chg").count()
             assert f"{changed} of " in page.inner_text("#vis-player .dv-stats")
+            assert "words spelled from the model's lexicon" in page.inner_text("#vis-player .dv-stats")
             page.locator("#vis-player button[data-act='prev']").click()
             assert page.inner_text("#vis-player .dv-label") == "Step 4 / 4"
             assert page.inner_text("#vis-player .dv-draft").startswith("Draft after step 4")

@@ -386,3 +386,77 @@ def test_temperature_at_is_the_librarys_schedule():
         assert float(processor(None, scores, cur_step=remaining)[0, 0, 0]) == pytest.approx(
             1 / temperature_at(options, remaining), rel=1e-6
         )
+
+
+# --- the lexicon reading ---------------------------------------------------------------------------------------------
+
+
+def _lexicon(tmp_path, counts: dict[str, int], **weights):
+    from asr.decoding import Lexicon
+
+    path = tmp_path / "lexicon.tsv"
+    path.write_text("".join(f"{w}\t{c}\n" for w, c in counts.items()))
+    return Lexicon.read(path, **weights)
+
+
+def _labelling_log_prob(log_probs: torch.Tensor, labels: tuple[int, ...]) -> float:
+    """log P(labels | log_probs) summed over every CTC path, by torch's own CTC loss (blank 0)."""
+    loss = torch.nn.functional.ctc_loss(
+        log_probs[:, None], torch.tensor([labels], dtype=torch.long), [log_probs.shape[0]], [len(labels)],
+        blank=0, reduction="sum", zero_infinity=False,
+    )  # fmt: skip
+    return -float(loss)
+
+
+def test_lexicon_search_without_a_language_model_finds_the_most_probable_labelling(tmp_path):
+    """With every word scored 0 and no pruning, the prefix beam search is exact CTC decoding: the labelling it
+    returns is the most probable of all labellings, as torch's CTC loss scores each one (enumerated)."""
+    from asr.decoding import lexicon_search
+
+    lexicon = _lexicon(tmp_path, {"a": 1}, alpha=0.0, beta=0.0, oov=0.0, beam=10_000, top_k=3,
+                       min_log_prob=-float("inf"))  # fmt: skip
+    pieces = [None, (True, "a"), (False, "b"), (True, "c")]
+    for seed in range(5):
+        log_probs = torch.log_softmax(2 * torch.randn(6, 4, generator=torch.Generator().manual_seed(seed)), -1)
+        canvas = lexicon_search(log_probs, lexicon, pieces, blank=0)
+        found = tuple(ctc_collapse(canvas, blank=0))
+        labellings = [x for n in range(7) for x in itertools.product((1, 2, 3), repeat=n)]
+        scores = {x: _labelling_log_prob(log_probs, x) for x in labellings if len(x) > 0}
+        scores[()] = float(log_probs[:, 0].sum())
+        best = max(scores, key=scores.get)
+        assert scores[found] == pytest.approx(scores[best], abs=1e-5), (seed, found, best)
+        greedy = tuple(ctc_collapse(log_probs.argmax(-1).tolist(), blank=0))
+        assert scores[found] >= scores[greedy] - 1e-6
+
+
+def test_lexicon_search_spells_words_from_the_lexicon(tmp_path):
+    """Slots whose argmax spells the non-word 'sharpply' (a weak extra 'p') are read as 'sharply' when the lexicon
+    has it, and as the argmax when out-of-lexicon words cost nothing; the canvas keeps each token at a slot where
+    it is likely, and its greedy CTC reading is the transcript."""
+    from asr.decoding import lexicon_search
+
+    pieces = [None, (True, "sharp"), (False, "p"), (False, "ly"), (True, "he")]
+    rows = [(4, 0.9), (0, 0.9), (1, 0.9), (2, 0.55), (3, 0.9), (0, 0.9)]  # he, -, sharp, p (55 %), ly, -
+    probs = torch.full((len(rows), 5), 1e-3)
+    for t, (token, p) in enumerate(rows):
+        probs[t, token] = p
+        probs[t, 0] = max(probs[t, 0].item(), 1 - p) if token != 0 else p
+    log_probs = torch.log(probs / probs.sum(-1, keepdim=True))
+    words = {"he": 50, "sharply": 5, "sharp": 5}
+    canvas = lexicon_search(log_probs, _lexicon(tmp_path, words, alpha=1.0, beta=0.0, oov=-10.0), pieces, blank=0)
+    assert ctc_collapse(canvas, blank=0) == [4, 1, 3] and len(canvas) == len(rows)
+    assert canvas[0] == 4 and canvas[2] == 1 and canvas[4] == 3  # where the slots say them
+    free = _lexicon(tmp_path, words, alpha=0.0, beta=0.0, oov=0.0)
+    assert ctc_collapse(lexicon_search(log_probs, free, pieces, blank=0), blank=0) == [4, 1, 2, 3]
+
+
+def test_lexicon_files_are_checked(tmp_path):
+    from asr.decoding import Lexicon
+
+    (tmp_path / "bad.tsv").write_text("the\t3\nword without count\n")
+    with pytest.raises(ValueError, match="bad.tsv:2"):
+        Lexicon.read(tmp_path / "bad.tsv")
+    lexicon = _lexicon(tmp_path, {"the": 3, "then": 1})
+    assert lexicon.is_prefix("th") and lexicon.is_prefix("then") and not lexicon.is_prefix("thx")
+    assert lexicon.word_score("the") == pytest.approx(lexicon.alpha * np.log(0.75))
+    assert lexicon.word_score("thx") == lexicon.oov

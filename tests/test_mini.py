@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,8 +63,9 @@ def test_mini_starts_from_its_ctc_reading_when_asked(capsys):
 
 def test_mini_reads_its_final_canvas_jointly_with_the_ctc_head(capsys):
     """DenoiseOptions(ctc_weight): weight 0 is the denoiser's own last argmax; a huge weight leaves the CTC head
-    alone, so the text is transcribe_ctc's; mini's default (speech.json: 2) is the joint reading, in the API and the
-    CLI, and its record keeps the canvas the text was read from. The packed tiny model refuses a weight."""
+    alone, so the text read position by position (lexicon=False) is transcribe_ctc's; mini's default (speech.json:
+    2) is the joint reading, in the API and the CLI, and its record keeps the canvas the text was read from. The
+    packed tiny model refuses a weight."""
     from asr.cli import main
     from asr.decoding import DenoiseOptions
 
@@ -72,7 +75,7 @@ def test_mini_reads_its_final_canvas_jointly_with_the_ctc_head(capsys):
     plain = pipe.transcribe(clip, seed=0, options=DenoiseOptions(steps=4, ctc_weight=0.0))
     last = plain.segments[0].steps.argmax[-1].tolist()
     assert plain.text == pipe.decode(last) and plain.segments[0].final_canvas is None and plain.ctc_weight == 0
-    head = pipe.transcribe(clip, seed=0, options=DenoiseOptions(steps=4, ctc_weight=1e6))
+    head = pipe.transcribe(clip, seed=0, options=DenoiseOptions(steps=4, ctc_weight=1e6, lexicon=False))
     assert head.text == pipe.transcribe_ctc(clip).text and head.text != plain.text
     assert len(head.segments[0].steps) == 4  # the denoising and its record are unchanged
     joint = pipe.transcribe(clip, seed=0, options=DenoiseOptions(steps=4, ctc_weight=2.0))
@@ -93,6 +96,49 @@ def test_mini_reads_its_final_canvas_jointly_with_the_ctc_head(capsys):
         tiny.transcribe(clip, seed=0, options=DenoiseOptions(steps=1, ctc_weight=2.0))
     assert main([clip, "--model", "tiny-random", "--ctc-weight", "2", "--device", "cpu"]) == 2
     assert "--ctc-weight needs a model with an aligned canvas" in capsys.readouterr().err
+
+
+def test_mini_spells_its_joint_reading_from_its_lexicon(capsys, tmp_path):
+    """mini ships a word lexicon (speech.json) that its joint reading spells words from by default: on the example
+    clips (espeak voices it never trained on) that reading gets no more words wrong than the position-by-position
+    one, its words come from the lexicon, its final canvas reads back as its text, and the record says so.
+    lexicon=False (the CLI's --no-lexicon) gives the position-by-position reading; the option is refused without a
+    joint reading or a lexicon, and a lexicon file outside the model folder is refused at load."""
+    from asr.cli import main
+    from asr.decoding import DenoiseOptions
+    from asr.loading import ModelLoadError, load_small_model
+
+    pipe = asr.load("mini", device="cpu")
+    lexicon = pipe.model.lexicon
+    assert lexicon is not None and len(lexicon.words) > 50_000
+    clips = read_manifest(EXAMPLES)
+    spelled = evaluate(pipe, clips, 8, seed=0, warmup=False)
+    plain = evaluate(pipe, clips, 8, seed=0, warmup=False, lexicon=False)
+    assert spelled.rates.word_errors <= plain.rates.word_errors, (spelled.rates, plain.rates)
+    assert [u.hypothesis for u in spelled.utterances] != [u.hypothesis for u in plain.utterances]
+    clip = str(clips[0].audio)
+    t = pipe.transcribe(clip, steps=8, seed=0)
+    assert t.lexicon and t.to_dict()["lexicon"] is True and t.text
+    assert all(word in lexicon.log_probs for word in t.text.split()), t.text
+    segment = t.segments[0]
+    assert pipe.decode(segment.final_canvas) == segment.text and segment.words
+    assert [w.word for w in segment.words] == segment.text.split()
+    off = pipe.transcribe(clip, seed=0, options=DenoiseOptions(steps=8, lexicon=False))
+    assert not off.lexicon and off.text == plain.utterances[0].hypothesis
+    with pytest.raises(ValueError, match="lexicon"):
+        pipe.transcribe(clip, seed=0, options=DenoiseOptions(steps=1, ctc_weight=0.0, lexicon=True))
+    with pytest.raises(ValueError, match="lexicon"):
+        asr.load("tiny-random", device="cpu").transcribe(clip, seed=0, options=DenoiseOptions(steps=1, lexicon=True))
+    capsys.readouterr()
+    argv = [clip, "--model", "mini", "--steps", "8", "--seed", "0", "--device", "cpu"]
+    assert main([*argv, "--no-lexicon"]) == 0 and capsys.readouterr().out.strip() == off.text
+    moved = shutil.copytree(MINI_DIR, tmp_path / "model")
+    info = json.loads((moved / "speech.json").read_text())
+    info["whisper"] = str(MINI_DIR.parent / "whisper-tiny-en")
+    info["lexicon"]["file"] = "../lexicon.tsv.gz"
+    (moved / "speech.json").write_text(json.dumps(info))
+    with pytest.raises(ModelLoadError, match="lexicon"):
+        load_small_model(moved)
 
 
 @pytest.mark.parametrize("reading", ["denoise", "ctc"])
@@ -147,7 +193,8 @@ def _ship_mini():
 
 def test_ship_mini_sets_the_models_joint_reading(tmp_path, monkeypatch):
     """ship_mini --ctc-weight writes the model's default reading into the shipped speech.json (shipped into a
-    temporary folder here, from the shipped model itself); without it the source's setting is kept."""
+    temporary folder here, from the shipped model itself); without it the source's setting is kept, its lexicon too;
+    --lexicon ships another word list with its weights."""
     from asr.loading import load_small_model
 
     ship_mini = _ship_mini()
@@ -155,7 +202,16 @@ def test_ship_mini_sets_the_models_joint_reading(tmp_path, monkeypatch):
     (tmp_path / "mini" / ship_mini.WHISPER).symlink_to(MINI_DIR.parent / ship_mini.WHISPER)
     monkeypatch.setattr(ship_mini, "MINI", tmp_path / "mini")
     assert load_small_model(ship_mini.ship(MINI_DIR, {}, ctc_weight=1.5))[0].ctc_weight == 1.5
-    assert load_small_model(ship_mini.ship(MINI_DIR, {}))[0].ctc_weight == 2.0  # mini's own
+    speech = load_small_model(ship_mini.ship(MINI_DIR, {}))[0]
+    assert speech.ctc_weight == 2.0 and speech.lexicon == load_small_model(MINI_DIR)[0].lexicon  # mini's own
+    (tmp_path / "words.tsv").write_text("hello\t2\nworld\t1\n")
+    out = ship_mini.ship(MINI_DIR, {}, lexicon=tmp_path / "words.tsv", lexicon_weights=(1.0, 2.0, -3.0))
+    lexicon = load_small_model(out)[0].lexicon
+    assert lexicon.words == ("hello", "world") and (lexicon.alpha, lexicon.beta, lexicon.oov) == (1.0, 2.0, -3.0)
+    assert (
+        json.loads((out / "SHIPPED.json").read_text())["source"]
+        == json.loads((MINI_DIR / "SHIPPED.json").read_text())["source"]
+    )  # shipping the shipped model again keeps where it came from
 
 
 def test_ship_mini_reads_every_summary_line_of_an_evaluation(tmp_path):

@@ -17,6 +17,7 @@ import torch
 import asr
 from asr import model as M
 from asr import train as T
+from asr.decoding import ctc_alignment
 
 SR = 16_000
 TEXTS = ["the cat sat", "a dog ran", "hello there", "one more"]
@@ -170,7 +171,7 @@ def test_ctc_alignment_is_the_best_path():
                    for _ in range(3)]  # fmt: skip
         lengths = torch.randint(2, T_ + 1, (3,), generator=g)
         log_probs = torch.randn(3, T_, 5, generator=g).log_softmax(-1)
-        got = T.ctc_alignment(log_probs, targets, lengths, blank=0)
+        got = ctc_alignment(log_probs, targets, lengths, blank=0)
         for b, target in enumerate(targets):
             want = _best_path_slots(log_probs[b, : int(lengths[b])], target, blank=0)
             if want is not None:
@@ -178,7 +179,7 @@ def test_ctc_alignment_is_the_best_path():
                 checked += 1
     assert checked > 60
     # no path (a repeated id needs a blank between: 3 slots are too few for [1, 1, 1]): spread evenly
-    assert T.ctc_alignment(torch.zeros(1, 4, 3), [[1, 1, 1]], torch.tensor([4]), blank=0) == [[0, 1, 2]]
+    assert ctc_alignment(torch.zeros(1, 4, 3), [[1, 1, 1]], torch.tensor([4]), blank=0) == [[0, 1, 2]]
 
 
 def test_aligned_canvas_is_one_slot_per_position_and_reads_back_as_the_transcript(manifest, tmp_path):

@@ -1,6 +1,7 @@
 """Ship a trained small model as ``asr/mini/model`` (what ``asr.load("mini")`` and the app's fallback load).
 
-    python train/ship_mini.py EXPORTED_MODEL_DIR [--eval-real FILE] [--eval-kokoro FILE] [--ctc-weight W]
+    python train/ship_mini.py EXPORTED_MODEL_DIR [--eval-real FILE] [--eval-kokoro FILE] [--ctc-weight W] \
+        [--lexicon FILE --lexicon-weights ALPHA,BETA,OOV]
 
 EXPORTED_MODEL_DIR is an ``asr.train`` export (``speech.json``, ``backbone/``, ``projector.safetensors``,
 ``tokenizer/``; its weights are float16, as ``asr.train`` exports them, and ``load_small_model`` loads them as
@@ -9,6 +10,9 @@ float32). The whisper encoder is named as the shipped ``asr/mini/whisper-tiny-en
 ``SHIPPED.json`` records where the model came from and the WER lines of the given evaluation outputs
 (``python -m asr.evaluate ... > FILE``). ``--ctc-weight`` sets how the model's transcripts are read by default
 (``speech.json``'s ``ctc_weight``: jointly with the CTC head; 0 or absent: the denoiser's own argmax).
+``--lexicon`` ships a word lexicon (``train/make_lexicon.py``'s file, as ``lexicon.tsv.gz``) that this joint reading
+spells its words from by default (``asr.decoding.lexicon_search``), with the weights of ``asr.decoding.Lexicon``;
+without it the source's own lexicon, if any, is kept.
 """
 
 from __future__ import annotations
@@ -38,10 +42,23 @@ def wer_lines(path: Path) -> list[str]:
     return list(dict.fromkeys(line.split("  (")[0] for line in joined if WER_LINE.match(line)))
 
 
-def ship(src: Path, evals: dict[str, Path], ctc_weight: float | None = None) -> Path:
+LEXICON = "lexicon.tsv.gz"
+
+
+def ship(
+    src: Path, evals: dict[str, Path], ctc_weight: float | None = None, lexicon: Path | None = None,
+    lexicon_weights: tuple[float, float, float] | None = None,
+) -> Path:  # fmt: skip
     info = json.loads((src / "speech.json").read_text(encoding="utf-8"))
     if ctc_weight is not None:
         info["ctc_weight"] = ctc_weight
+    if lexicon is not None:
+        weights = dict(zip(("alpha", "beta", "oov"), lexicon_weights or (), strict=False))
+        info["lexicon"] = {"file": "", **weights}
+    elif "lexicon" in info:
+        lexicon = src / info["lexicon"]["file"]
+    if lexicon is not None:  # shipped as lexicon.tsv(.gz): Lexicon.read knows a gzip file by its name
+        info["lexicon"]["file"] = LEXICON if lexicon.suffix == ".gz" else LEXICON.removesuffix(".gz")
     if not (MINI / WHISPER / "config.json").is_file():
         raise SystemExit(f"{MINI / WHISPER} is missing: the shipped model names it as its encoder")
     if Path(info["whisper"]).name != WHISPER:
@@ -55,6 +72,8 @@ def ship(src: Path, evals: dict[str, Path], ctc_weight: float | None = None) -> 
             shutil.copy2(src / "backbone" / name, tmp / "backbone" / name)
     shutil.copy2(src / "projector.safetensors", tmp / "projector.safetensors")
     shutil.copytree(src / "tokenizer", tmp / "tokenizer")
+    if lexicon is not None:
+        shutil.copy2(lexicon, tmp / info["lexicon"]["file"])
     info["whisper"] = f"../{WHISPER}"
     train = info.get("train", {})
     for key in ("manifest", "out", "model", "cache_dir", "whisper", "tokenizer", "prefetch", "wait_for"):
@@ -62,8 +81,10 @@ def ship(src: Path, evals: dict[str, Path], ctc_weight: float | None = None) -> 
             train[key] = Path(train[key]).name  # the name only: this machine's paths mean nothing elsewhere
     (tmp / "speech.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     digest = hashlib.sha256((src / "backbone" / "model.safetensors").read_bytes()).hexdigest()
+    before = src / "SHIPPED.json"  # shipping the shipped model again (e.g. with a lexicon): its source stays
+    source = json.loads(before.read_text())["source"] if before.is_file() else f"{src.parent.name}/{src.name}"
     shipped = {
-        "source": f"{src.parent.name}/{src.name}",
+        "source": source,
         "backbone_sha256": digest,
         "evaluation": {name: wer_lines(path) for name, path in evals.items()},
     }
@@ -79,9 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-real", type=Path, help="asr.evaluate output on the real-speech set")
     p.add_argument("--eval-kokoro", type=Path, help="asr.evaluate output on the held-out Kokoro set")
     p.add_argument("--ctc-weight", type=float, help="the default joint reading with the CTC head (speech.json)")
+    p.add_argument("--lexicon", type=Path, help="a word lexicon for that reading (train/make_lexicon.py's file)")
+    p.add_argument("--lexicon-weights", type=lambda t: tuple(float(x) for x in t.split(",")),
+                   help="ALPHA,BETA,OOV: asr.decoding.Lexicon's weights (default: its defaults)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.lexicon_weights is not None and (args.lexicon is None or len(args.lexicon_weights) != 3):
+        p.error("--lexicon-weights takes ALPHA,BETA,OOV and goes with --lexicon")
     evals = {k: v for k, v in (("real", args.eval_real), ("kokoro", args.eval_kokoro)) if v is not None}
-    out = ship(args.model, evals, args.ctc_weight)
+    out = ship(args.model, evals, args.ctc_weight, args.lexicon, args.lexicon_weights)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     whisper = sum(f.stat().st_size for f in (MINI / WHISPER).rglob("*") if f.is_file())
     print(f"{out}: {size / 1e6:.1f} MB (+ the encoder {whisper / 1e6:.1f} MB = {(size + whisper) / 1e6:.1f} MB)")
@@ -89,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     from asr.loading import load_small_model
 
     speech, _, _ = load_small_model(out)  # it loads
-    print(f"loads: canvas {speech.canvas_length} ({speech.canvas}), ctc_weight {speech.ctc_weight:g}, "
+    words = len(speech.lexicon.words) if speech.lexicon else 0
+    print(f"loads: canvas {speech.canvas_length} ({speech.canvas}), ctc_weight {speech.ctc_weight:g}, {words} words, "
           f"torch {torch.__version__}", file=sys.stderr)  # fmt: skip
     return 0
 
