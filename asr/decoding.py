@@ -416,8 +416,9 @@ class Lexicon:
         i = bisect.bisect_left(self.words, spelling)
         return i < len(self.words) and self.words[i].startswith(spelling)
 
-    def word_score(self, word: str) -> float:
-        """``alpha * log P(word)`` for a lexicon word, else ``oov`` (both without ``beta``)."""
+    def word_score(self, word: str, previous: str = "") -> float:
+        """``alpha * log P(word)`` for a lexicon word, else ``oov`` (both without ``beta``). ``previous`` is the word
+        before it ("" at the start): a unigram ignores it, a subclass with a word-sequence model need not."""
         logp = self.log_probs.get(word)
         return self.oov if logp is None else self.alpha * logp
 
@@ -453,21 +454,22 @@ def lexicon_search(
     k = min(lexicon.top_k, vocab - 1)
     candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     # per prefix (a tuple of ids): [log P(ending in blank), log P(ending in its last id)], and, fixed when the prefix
-    # is made: (language score so far, the spelling of its unfinished word, whether that was charged oov)
+    # is made: (language score so far, the spelling of its unfinished word, whether that was charged oov, the word
+    # before it)
     beams: dict[tuple[int, ...], list[float]] = {(): [0.0, -math.inf]}
-    made: dict[tuple[int, ...], tuple[float, str, bool]] = {(): (0.0, "", False)}
+    made: dict[tuple[int, ...], tuple[float, str, bool, str]] = {(): (0.0, "", False, "")}
 
-    def extend(prefix: tuple[int, ...], token: int) -> tuple[float, str, bool]:
-        score, spelling, charged = made[prefix]
+    def extend(prefix: tuple[int, ...], token: int) -> tuple[float, str, bool, str]:
+        score, spelling, charged, previous = made[prefix]
         starts, piece = pieces[token]
         if starts and spelling:  # the unfinished word ends here
-            score += (0.0 if charged else lexicon.word_score(spelling)) + lexicon.beta
-            spelling, charged = piece, False
+            score += (0.0 if charged else lexicon.word_score(spelling, previous)) + lexicon.beta
+            spelling, charged, previous = piece, False, spelling
         else:
             spelling += piece
         if not charged and not lexicon.is_prefix(spelling):
             score, charged = score + lexicon.oov, True
-        return score, spelling, charged
+        return score, spelling, charged, previous
 
     for t in range(slots):
         row = lp[t]
@@ -495,9 +497,9 @@ def lexicon_search(
         beams = dict(ranked[: lexicon.beam])
 
     def final(prefix: tuple[int, ...]) -> float:
-        score, spelling, charged = made[prefix]
+        score, spelling, charged, previous = made[prefix]
         if spelling:
-            score += (0.0 if charged else lexicon.word_score(spelling)) + lexicon.beta
+            score += (0.0 if charged else lexicon.word_score(spelling, previous)) + lexicon.beta
         return float(np.logaddexp(*beams[prefix])) + score
 
     best = list(max(beams, key=final))

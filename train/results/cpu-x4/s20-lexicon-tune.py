@@ -49,7 +49,8 @@ def dump(manifest: str, out: str) -> None:
         pickle.dump(rows, f)
 
 
-def grid(dumped: str, lexicon_file: str, settings: list[str]) -> None:
+def grid(dumped: str, lexicon_file: str, settings: list[str], make=None, label: str = "") -> None:
+    """``make``, if given, turns each setting's Lexicon into the one to search with (s20-bigram-probe.py)."""
     pipe = asr.load("mini")
     pieces = token_pieces(pipe.tokenizer, len(pipe.tokenizer))
     with open(dumped, "rb") as f:
@@ -60,10 +61,11 @@ def grid(dumped: str, lexicon_file: str, settings: list[str]) -> None:
     for setting in settings:
         alpha, beta, oov = map(float, setting.split(","))
         lexicon = Lexicon.read(lexicon_file, alpha=alpha, beta=beta, oov=oov)
+        lexicon = make(lexicon) if make else lexicon
         started = time.perf_counter()
         hyps = [pipe._text(ctc_collapse(lexicon_search(lp, lexicon, pieces, 0), 0)) for lp in joint]
         ms = 1000 * (time.perf_counter() - started) / len(rows)
-        print(setting, f"WER {error_rates(refs, hyps, norm).wer:.2f}", f"{ms:.0f} ms/clip", flush=True)
+        print(label + setting, f"WER {error_rates(refs, hyps, norm).wer:.2f}", f"{ms:.0f} ms/clip", flush=True)
 
 
 if __name__ == "__main__":
