@@ -348,8 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     except ModelLoadError as exc:
         print(f"error: cannot load {args.model}: {exc}", file=sys.stderr)
         return 2
-    weight = pipe.model.ctc_weight if args.ctc_weight is None else args.ctc_weight
-    lexicon = weight > 0 and pipe.model.lexicon is not None and not args.no_lexicon
+    from .decoding import DenoiseOptions
+
+    asked = DenoiseOptions(start=args.start, ctc_weight=args.ctc_weight, lexicon=False if args.no_lexicon else None)
+    resolved = pipe.reading(asked)  # the model's own settings where the arguments leave them to it
+    weight, lexicon = resolved.ctc_weight, resolved.lexicon
     reading = f"read jointly with the CTC head, weight {weight:g}" if weight > 0 else "the denoiser's argmax"
     reading += ", words spelled from the model's lexicon" if lexicon else ""
     print(f"model {pipe.name} on {pipe.device}, loaded in {load_s:.2f} s; {len(utterances)} utterances; final canvas: "
@@ -362,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for steps in args.steps:
         result = evaluate(pipe, utterances, steps, args.seed, args.language, progress=not args.quiet, start=args.start,
-                          ctc_weight=args.ctc_weight, lexicon=False if args.no_lexicon else None)  # fmt: skip
+                          ctc_weight=args.ctc_weight, lexicon=asked.lexicon)  # fmt: skip
         results.append(result)
         if not args.quiet:
             print(format_table(result, base=args.manifest.parent))

@@ -151,17 +151,8 @@ class Pipeline:
         drawn and recorded when None). Raises :class:`asr.AudioError` for unusable input.
         """
         batch_size = batch_size or self.default_batch_size
-        options = options or DenoiseOptions(steps=steps)  # full sampler settings, when given, win over steps=
-        if options.ctc_weight is None:  # the model's own reading (SpeechModel.ctc_weight)
-            options = dataclasses.replace(options, ctc_weight=self.model.ctc_weight)
-        if options.start == "ctc":  # refused before any audio is decoded or encoded
-            self._require_aligned('start="ctc"')
-        if options.ctc_weight > 0:
-            self._require_aligned("ctc_weight > 0")
-        if options.lexicon is None:  # the model's own reading: its lexicon, where it has one, in a joint reading
-            options = dataclasses.replace(options, lexicon=self.model.lexicon is not None and options.ctc_weight > 0)
-        if options.lexicon and (self.model.lexicon is None or options.ctc_weight == 0):
-            raise ValueError("lexicon=True needs a model with a lexicon (mini) and a joint reading (ctc_weight > 0)")
+        # full sampler settings, when given, win over steps=; refused before any audio is decoded or encoded
+        options = self.reading(options or DenoiseOptions(steps=steps))
         seed = secrets.randbits(31) if seed is None else int(seed)
         generator = torch.Generator(device=self.device).manual_seed(seed)
 
@@ -173,6 +164,23 @@ class Pipeline:
             segments=segments, timings=timings, model=self.name, steps=options.steps, seed=seed,
             ctc_weight=options.ctc_weight, lexicon=options.lexicon,
         )  # fmt: skip
+
+    def reading(self, options: DenoiseOptions) -> DenoiseOptions:
+        """``options`` as :meth:`transcribe` reads with them: what they leave to the model (None) filled in, its
+        ``ctc_weight`` (:attr:`SpeechModel.ctc_weight`) and its lexicon where it has one and the reading is joint;
+        raises ``ValueError`` for what the model cannot do (``start="ctc"`` or a joint reading without an aligned
+        canvas, ``lexicon=True`` without a lexicon or a joint reading)."""
+        if options.ctc_weight is None:
+            options = dataclasses.replace(options, ctc_weight=self.model.ctc_weight)
+        if options.start == "ctc":
+            self._require_aligned('start="ctc"')
+        if options.ctc_weight > 0:
+            self._require_aligned("ctc_weight > 0")
+        if options.lexicon is None:
+            options = dataclasses.replace(options, lexicon=self.model.lexicon is not None and options.ctc_weight > 0)
+        if options.lexicon and (self.model.lexicon is None or options.ctc_weight == 0):
+            raise ValueError("lexicon=True needs a model with a lexicon (mini) and a joint reading (ctc_weight > 0)")
+        return options
 
     def transcribe_ctc(
         self,
