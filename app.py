@@ -766,8 +766,9 @@ ABOUT = """
    confident predictions are **accepted**, the others are **re-noised** (replaced by random tokens) and predicted again.
 4. Denoising stops after the chosen number of steps, or earlier once the draft is stable and confident.
 5. The small model `mini` (what serves without a GPU) reads the final canvas jointly with its CTC head: per position,
-   the denoiser's log-probabilities plus twice the head's, its words spelled from a word lexicon by a beam search over
-   the positions (the visualiser's last frame shows that reading). The real model reads the last draft as it is.
+   the denoiser's log-probabilities plus twice the head's, its words spelled from a word lexicon (general English word
+   and word-pair counts) by a beam search over the positions (the visualiser's last frame shows that reading). The
+   real model reads the last draft as it is.
 
 The same seed gives the same transcript. Silence is answered with *no speech detected* rather than invented text.
 

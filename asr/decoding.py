@@ -19,7 +19,8 @@ import gzip
 import itertools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -380,39 +381,65 @@ def joint_log_probs(logits: torch.Tensor, ctc_logits: torch.Tensor, weight: floa
 
 @dataclass(frozen=True)
 class Lexicon:
-    """Words with unigram log-probabilities, and the weights of :func:`lexicon_search`.
+    """Words with unigram log-probabilities, optional word pairs, and the weights of :func:`lexicon_search`.
 
-    A word's score is ``alpha * log P(word) + beta``; a word that is not in the lexicon scores ``oov`` (charged once,
-    as soon as its spelling is no prefix of any lexicon word) plus ``beta``. ``beam`` prefixes are kept per audio
-    slot, each extended by at most ``top_k`` tokens, those with a log-probability above ``min_log_prob``."""
+    A word's score is ``alpha * log P(word | previous word) + beta``; a word that is not in the lexicon scores ``oov``
+    (charged once, as soon as its spelling is no prefix of any lexicon word) plus ``beta``. After a word that starts
+    some listed pair, ``P(word | previous) = unigram_weight * P(word) + (1 - unigram_weight) * P_pairs(word |
+    previous)``, the second term the pair's share of that word's listed pairs; elsewhere ``P(word)``. ``beam``
+    prefixes are kept per audio slot, each extended by at most ``top_k`` tokens, those with a log-probability above
+    ``min_log_prob``."""
 
     words: tuple[str, ...]  # sorted: a spelling's prefixes are found by bisection
     log_probs: dict[str, float]
-    alpha: float = 1.5  # these defaults: the best of a grid on 100 Kokoro clips mini never heard (train/results/cpu-x4
-    beta: float = 5.0  # section 15); a broad optimum, within 0.4 points for alpha 1-1.5, beta 1-7, oov -32 to -70
+    # these defaults: the best of a grid on 100 Kokoro clips mini never heard, with train/make_lexicon.py's general
+    # English counts and 19 000 word pairs (train/results/cpu-x4 section 16); a broad optimum: within 0.6 points for
+    # alpha 1-1.5, beta 3-9, unigram_weight 0.2-0.5, oov -30 to -60, except alpha 1 with beta 7-9
+    alpha: float = 1.25
+    beta: float = 7.0
     oov: float = -40.0
     beam: int = 12
     top_k: int = 8
     min_log_prob: float = -12.0
+    pairs: dict[tuple[str, str], float] = field(default_factory=dict)  # P_pairs(word | previous)
+    unigram_weight: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not 0 < self.unigram_weight <= 1:
+            raise ValueError(f"unigram_weight must be in (0, 1], got {self.unigram_weight}")
 
     @classmethod
     def read(cls, path: str | Path, **weights: float) -> Lexicon:
-        """A ``word<TAB>count`` file (gzip-compressed when it ends in ``.gz``; ``train/make_lexicon.py`` writes
-        one); ``weights`` set the other fields."""
+        """A file of ``word<TAB>count`` lines and, optionally, ``previous word<TAB>count`` lines (gzip-compressed
+        when it ends in ``.gz``; ``train/make_lexicon.py`` writes one); ``weights`` set the other fields."""
         path = Path(path)
         opener = gzip.open if path.suffix == ".gz" else open
         counts: dict[str, int] = {}
+        pair_counts: dict[tuple[str, str], int] = {}
         with opener(path, "rt", encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
-                word, _, count = line.rstrip("\n").partition("\t")
-                if not word or not count.isdigit() or int(count) < 1:
-                    raise ValueError(f"{path}:{number}: expected 'word<TAB>count' with a count >= 1")
-                counts[word] = counts.get(word, 0) + int(count)
+                key, _, count = line.rstrip("\n").partition("\t")
+                words = key.split(" ")
+                if not all(words) or len(words) > 2 or not count.isdigit() or int(count) < 1:
+                    raise ValueError(f"{path}:{number}: expected 'word<TAB>count' or 'word word<TAB>count' with a "
+                                     "count >= 1")  # fmt: skip
+                if len(words) == 1:
+                    counts[key] = counts.get(key, 0) + int(count)
+                else:
+                    pair_counts[(words[0], words[1])] = pair_counts.get((words[0], words[1]), 0) + int(count)
         if not counts:
             raise ValueError(f"{path} holds no words")
         total = sum(counts.values())
         log_probs = {w: math.log(c / total) for w, c in counts.items()}
-        return cls(tuple(sorted(counts)), log_probs, **weights)
+        after: dict[str, int] = {}
+        for (previous, _), count in pair_counts.items():
+            after[previous] = after.get(previous, 0) + count
+        pairs = {pair: count / after[pair[0]] for pair, count in pair_counts.items()}
+        return cls(tuple(sorted(counts)), log_probs, pairs=pairs, **weights)
+
+    @cached_property
+    def _contexts(self) -> frozenset[str]:
+        return frozenset(previous for previous, _ in self.pairs)
 
     def is_prefix(self, spelling: str) -> bool:
         """Whether some lexicon word starts with ``spelling``."""
@@ -420,10 +447,15 @@ class Lexicon:
         return i < len(self.words) and self.words[i].startswith(spelling)
 
     def word_score(self, word: str, previous: str = "") -> float:
-        """``alpha * log P(word)`` for a lexicon word, else ``oov`` (both without ``beta``). ``previous`` is the word
-        before it ("" at the start): a unigram ignores it, a subclass with a word-sequence model need not."""
+        """``alpha * log P(word | previous)`` for a lexicon word, else ``oov`` (both without ``beta``); ``previous``
+        is the word before it ("" at the start)."""
         logp = self.log_probs.get(word)
-        return self.oov if logp is None else self.alpha * logp
+        if logp is None:
+            return self.oov
+        if previous not in self._contexts:
+            return self.alpha * logp
+        mixed = self.unigram_weight * math.exp(logp) + (1 - self.unigram_weight) * self.pairs.get((previous, word), 0.0)
+        return self.alpha * math.log(mixed)
 
 
 def token_pieces(tokenizer, vocab_size: int) -> list[tuple[bool, str] | None]:

@@ -460,3 +460,48 @@ def test_lexicon_files_are_checked(tmp_path):
     assert lexicon.is_prefix("th") and lexicon.is_prefix("then") and not lexicon.is_prefix("thx")
     assert lexicon.word_score("the") == pytest.approx(lexicon.alpha * np.log(0.75))
     assert lexicon.word_score("thx") == lexicon.oov
+
+
+def test_lexicon_word_pairs_interpolate_with_the_unigram(tmp_path):
+    """'previous word<TAB>count' lines give P(word | previous) = u P(word) + (1 - u) (the pair's share of the pairs
+    listed after that word), computed here from the counts; after a word without pairs, and at the start, P(word)."""
+    from asr.decoding import Lexicon
+
+    path = tmp_path / "lexicon.tsv"
+    path.write_text("the\t6\ncat\t3\ndog\t1\nthe cat\t1\nthe dog\t3\n")
+    lexicon = Lexicon.read(path, alpha=2.0, unigram_weight=0.25)
+    assert lexicon.words == ("cat", "dog", "the")  # pairs add no words
+    assert lexicon.word_score("dog", "the") == pytest.approx(2.0 * np.log(0.25 * 0.1 + 0.75 * 0.75))
+    assert lexicon.word_score("the", "the") == pytest.approx(2.0 * np.log(0.25 * 0.6))  # no such pair
+    assert lexicon.word_score("dog", "cat") == lexicon.word_score("dog") == pytest.approx(2.0 * np.log(0.1))
+    assert lexicon.word_score("dog", "") == lexicon.word_score("dog")
+    assert lexicon.word_score("cow", "the") == lexicon.oov
+    for bad in ("a b c\t1\n", "the \t1\n", "the cat\t0\n"):
+        path.write_text("the\t6\n" + bad)
+        with pytest.raises(ValueError, match="lexicon.tsv:2"):
+            Lexicon.read(path)
+    with pytest.raises(ValueError, match="unigram_weight"):
+        Lexicon((), {}, unigram_weight=0.0)
+
+
+def test_lexicon_search_reads_a_word_by_the_word_before_it(tmp_path):
+    """Two words the slots cannot tell apart ('red'/'read' at 50/50 after 'i' or 'the'): the pairs pick 'read'
+    after 'i' and 'red' after 'the', where the unigram alone picks the same word both times."""
+    from asr.decoding import Lexicon, lexicon_search
+
+    pieces = [None, (True, "i"), (True, "the"), (True, "red"), (True, "read")]
+    path = tmp_path / "lexicon.tsv"
+    path.write_text("i\t5\nthe\t5\nred\t2\nread\t1\ni read\t9\ni red\t1\nthe red\t9\nthe read\t1\n")
+
+    def first_word(token: int, lexicon: Lexicon) -> list[int]:
+        probs = torch.full((4, 5), 1e-3)
+        probs[0, token], probs[1, 0], probs[3, 0] = 0.99, 0.99, 0.99
+        probs[2, 3] = probs[2, 4] = 0.495
+        log_probs = torch.log(probs / probs.sum(-1, keepdim=True))
+        return ctc_collapse(lexicon_search(log_probs, lexicon, pieces, blank=0), blank=0)
+
+    paired = Lexicon.read(path, alpha=1.0, beta=0.0, unigram_weight=0.2)
+    assert first_word(1, paired) == [1, 4] and first_word(2, paired) == [2, 3]
+    path.write_text("i\t5\nthe\t5\nred\t2\nread\t1\n")
+    unigram = Lexicon.read(path, alpha=1.0, beta=0.0)
+    assert first_word(1, unigram) == [1, 3] and first_word(2, unigram) == [2, 3]

@@ -194,7 +194,7 @@ def _ship_mini():
 def test_ship_mini_sets_the_models_joint_reading(tmp_path, monkeypatch):
     """ship_mini --ctc-weight writes the model's default reading into the shipped speech.json (shipped into a
     temporary folder here, from the shipped model itself); without it the source's setting is kept, its lexicon too;
-    --lexicon ships another word list with its weights."""
+    --lexicon ships another word list (with word pairs here) with its weights."""
     from asr.loading import load_small_model
 
     ship_mini = _ship_mini()
@@ -204,10 +204,11 @@ def test_ship_mini_sets_the_models_joint_reading(tmp_path, monkeypatch):
     assert load_small_model(ship_mini.ship(MINI_DIR, {}, ctc_weight=1.5))[0].ctc_weight == 1.5
     speech = load_small_model(ship_mini.ship(MINI_DIR, {}))[0]
     assert speech.ctc_weight == 2.0 and speech.lexicon == load_small_model(MINI_DIR)[0].lexicon  # mini's own
-    (tmp_path / "words.tsv").write_text("hello\t2\nworld\t1\n")
-    out = ship_mini.ship(MINI_DIR, {}, lexicon=tmp_path / "words.tsv", lexicon_weights=(1.0, 2.0, -3.0))
+    (tmp_path / "words.tsv").write_text("hello\t2\nworld\t1\nhello world\t5\n")
+    out = ship_mini.ship(MINI_DIR, {}, lexicon=tmp_path / "words.tsv", lexicon_weights=(1.0, 2.0, -3.0, 0.5))
     lexicon = load_small_model(out)[0].lexicon
-    assert lexicon.words == ("hello", "world") and (lexicon.alpha, lexicon.beta, lexicon.oov) == (1.0, 2.0, -3.0)
+    assert lexicon.words == ("hello", "world") and lexicon.pairs == {("hello", "world"): 1.0}
+    assert (lexicon.alpha, lexicon.beta, lexicon.oov, lexicon.unigram_weight) == (1.0, 2.0, -3.0, 0.5)
     assert (
         json.loads((out / "SHIPPED.json").read_text())["source"]
         == json.loads((MINI_DIR / "SHIPPED.json").read_text())["source"]

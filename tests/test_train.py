@@ -297,6 +297,18 @@ def test_ctc_steps_train_ctc_only_first_then_every_loss(manifest, tmp_path):
     assert "scaled_dot_product" in table  # the backbone's attention ran in it (only the projector before step 3)
 
 
+def test_autocast_bfloat16_computes_the_losses_in_bfloat16_and_keeps_float32_weights(manifest, tmp_path):
+    base = dict(manifest=str(manifest), model="tiny-random", train="all", batch_size=2, steps=2, save_every=100)
+    plain = T.train(T.TrainConfig(out=str(tmp_path / "a"), **base), progress=False).history
+    mixed = T.train(T.TrainConfig(out=str(tmp_path / "b"), autocast="bfloat16", **base), progress=False).history
+    for name in ("diffusion", "ar", "ctc"):  # the same batches and noise: bfloat16's rounding only
+        assert mixed[0][name] != plain[0][name]
+        assert mixed[0][name] == pytest.approx(plain[0][name], rel=0.05), name
+    saved = T.read_checkpoint(tmp_path / "b" / T.CHECKPOINT)
+    assert saved["config"]["autocast"] == "bfloat16"
+    assert {t.dtype for t in saved["trainable"].values()} == {torch.float32}
+
+
 def test_resume_gives_the_same_state(manifest, tmp_path):
     base = dict(manifest=str(manifest), model="tiny-random", batch_size=2, warmup=2, save_every=2, lr=2e-3)
     straight = T.train(T.TrainConfig(out=str(tmp_path / "a"), steps=4, **base), progress=False)

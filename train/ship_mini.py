@@ -1,7 +1,7 @@
 """Ship a trained small model as ``asr/mini/model`` (what ``asr.load("mini")`` and the app's fallback load).
 
     python train/ship_mini.py EXPORTED_MODEL_DIR [--eval-real FILE] [--eval-kokoro FILE] [--ctc-weight W] \
-        [--lexicon FILE --lexicon-weights ALPHA,BETA,OOV]
+        [--lexicon FILE --lexicon-weights ALPHA,BETA,OOV[,UNIGRAM_WEIGHT]]
 
 EXPORTED_MODEL_DIR is an ``asr.train`` export (``speech.json``, ``backbone/``, ``projector.safetensors``,
 ``tokenizer/``; its weights are float16, as ``asr.train`` exports them, and ``load_small_model`` loads them as
@@ -47,13 +47,13 @@ LEXICON = "lexicon.tsv.gz"
 
 def ship(
     src: Path, evals: dict[str, Path], ctc_weight: float | None = None, lexicon: Path | None = None,
-    lexicon_weights: tuple[float, float, float] | None = None,
+    lexicon_weights: tuple[float, ...] | None = None,
 ) -> Path:  # fmt: skip
     info = json.loads((src / "speech.json").read_text(encoding="utf-8"))
     if ctc_weight is not None:
         info["ctc_weight"] = ctc_weight
     if lexicon is not None:
-        weights = dict(zip(("alpha", "beta", "oov"), lexicon_weights or (), strict=False))
+        weights = dict(zip(("alpha", "beta", "oov", "unigram_weight"), lexicon_weights or (), strict=False))
         info["lexicon"] = {"file": "", **weights}
     elif "lexicon" in info:
         lexicon = src / info["lexicon"]["file"]
@@ -102,10 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ctc-weight", type=float, help="the default joint reading with the CTC head (speech.json)")
     p.add_argument("--lexicon", type=Path, help="a word lexicon for that reading (train/make_lexicon.py's file)")
     p.add_argument("--lexicon-weights", type=lambda t: tuple(float(x) for x in t.split(",")),
-                   help="ALPHA,BETA,OOV: asr.decoding.Lexicon's weights (default: its defaults)")  # fmt: skip
+                   help="ALPHA,BETA,OOV[,UNIGRAM_WEIGHT]: asr.decoding.Lexicon's weights (default: its "
+                   "defaults)")  # fmt: skip
     args = p.parse_args(argv)
-    if args.lexicon_weights is not None and (args.lexicon is None or len(args.lexicon_weights) != 3):
-        p.error("--lexicon-weights takes ALPHA,BETA,OOV and goes with --lexicon")
+    if args.lexicon_weights is not None and (args.lexicon is None or len(args.lexicon_weights) not in (3, 4)):
+        p.error("--lexicon-weights takes ALPHA,BETA,OOV[,UNIGRAM_WEIGHT] and goes with --lexicon")
     evals = {k: v for k, v in (("real", args.eval_real), ("kokoro", args.eval_kokoro)) if v is not None}
     out = ship(args.model, evals, args.ctc_weight, args.lexicon, args.lexicon_weights)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
@@ -116,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
 
     speech, _, _ = load_small_model(out)  # it loads
     words = len(speech.lexicon.words) if speech.lexicon else 0
+    pairs = len(speech.lexicon.pairs) if speech.lexicon else 0
     print(f"loads: canvas {speech.canvas_length} ({speech.canvas}), ctc_weight {speech.ctc_weight:g}, {words} words, "
+          f"{pairs} word pairs, "
           f"torch {torch.__version__}", file=sys.stderr)  # fmt: skip
     return 0
 
