@@ -117,7 +117,7 @@ class TrainConfig:
     profile_steps: int = 0  # > 0: profile this many steps with every loss (after 2 warm-up steps) into OUT/profile.txt
     compile: str | None = None  # torch.compile backend for the loss computation (inductor), or None: eager
     # bfloat16: the loss computation under torch.autocast (weights and optimizer stay in --dtype); on a CPU with
-    # native bfloat16 (AVX512-BF16) 1.6x faster small-model steps (train/results/cpu-x4 section 16)
+    # native bfloat16 (AVX512-BF16) ~1.25x faster small-model steps (train/results/cpu-x4 section 16)
     autocast: str | None = None
     prefetch: str | None = None  # a manifest still being written: its frames are computed while it grows...
     wait_for: str | None = None  # ...until this file exists; then --manifest is read
@@ -1233,7 +1233,7 @@ def parser() -> argparse.ArgumentParser:
                    "for the GPU, where eager steps are launch-bound); a failed compilation falls back to "
                    "eager")  # fmt: skip
     p.add_argument("--autocast", choices=["bfloat16"], help="compute the losses under torch.autocast in bfloat16 "
-                   "(weights and optimizer stay in --dtype): 1.6x faster steps on a CPU with AVX512-BF16, slower on "
+                   "(weights and optimizer stay in --dtype): ~1.25x faster steps on a CPU with AVX512-BF16, slower on "
                    "one without (see asr.pipeline.cpu_bf16_default)")  # fmt: skip
     p.add_argument("--prefetch", help="a manifest another process is still writing (train/make_data.py appends a "
                    "row per finished clip): compute its clips' whisper frames as they come, until --wait-for exists, "
