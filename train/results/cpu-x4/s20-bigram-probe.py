@@ -8,6 +8,7 @@ interpolated with the lexicon's unigram), on s20-lexicon-tune.py's dumps; prints
 import dataclasses
 import importlib.util
 import math
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -15,16 +16,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 sys.path[:0] = [str(ROOT), str(ROOT / "train")]
 import make_data  # noqa: E402
-from make_lexicon import words_of  # noqa: E402
 
 from asr.decoding import Lexicon  # noqa: E402
 
 DISCOUNT = 0.75
+WORD = re.compile(r"[a-z]+(?:'[a-z]+)*")  # session 20's make_lexicon.words_of (the lexicon it was run with)
+
+
+def words_of(text: str) -> list[str]:
+    return WORD.findall(text.lower().replace("\u2019", "'"))
 
 
 @dataclasses.dataclass(frozen=True)
 class BigramLexicon(Lexicon):
-    pairs: dict = dataclasses.field(default_factory=dict)  # (previous, word) -> count
+    # (previous, word) -> count; not Lexicon.pairs (session 21's pair shares, interpolated another way)
+    pair_counts: dict = dataclasses.field(default_factory=dict)
     before: dict = dataclasses.field(default_factory=dict)  # previous -> count of pairs
     kinds: dict = dataclasses.field(default_factory=dict)  # previous -> number of distinct words after it
 
@@ -36,7 +42,7 @@ class BigramLexicon(Lexicon):
         if not n:
             return self.alpha * math.log(unigram)
         key = previous or "<s>"
-        p = max(self.pairs.get((key, word), 0) - DISCOUNT, 0) / n + DISCOUNT * self.kinds[key] / n * unigram
+        p = max(self.pair_counts.get((key, word), 0) - DISCOUNT, 0) / n + DISCOUNT * self.kinds[key] / n * unigram
         return self.alpha * math.log(p)
 
 
@@ -62,7 +68,7 @@ def main() -> None:
 
     def make(unigram: Lexicon) -> BigramLexicon:
         fields = {f.name: getattr(unigram, f.name) for f in dataclasses.fields(Lexicon)}
-        return BigramLexicon(**fields, pairs=pairs, before=before, kinds=kinds)
+        return BigramLexicon(**fields, pair_counts=pairs, before=before, kinds=kinds)
 
     tune.grid(dumped, lexicon_file, settings, make=make, label="bigram ")
 
