@@ -20,7 +20,6 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -401,7 +400,7 @@ class Lexicon:
     beam: int = 12
     top_k: int = 8
     min_log_prob: float = -12.0
-    pairs: dict[tuple[str, str], float] = field(default_factory=dict)  # P_pairs(word | previous)
+    pairs: dict[str, dict[str, float]] = field(default_factory=dict)  # previous -> {word: P_pairs(word | previous)}
     unigram_weight: float = 0.2
 
     def __post_init__(self) -> None:
@@ -415,7 +414,7 @@ class Lexicon:
         path = Path(path)
         opener = gzip.open if path.suffix == ".gz" else open
         counts: dict[str, int] = {}
-        pair_counts: dict[tuple[str, str], int] = {}
+        pair_counts: dict[str, dict[str, int]] = {}
         with opener(path, "rt", encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
                 key, _, count = line.rstrip("\n").partition("\t")
@@ -426,20 +425,17 @@ class Lexicon:
                 if len(words) == 1:
                     counts[key] = counts.get(key, 0) + int(count)
                 else:
-                    pair_counts[(words[0], words[1])] = pair_counts.get((words[0], words[1]), 0) + int(count)
+                    after = pair_counts.setdefault(words[0], {})
+                    after[words[1]] = after.get(words[1], 0) + int(count)
         if not counts:
             raise ValueError(f"{path} holds no words")
         total = sum(counts.values())
         log_probs = {w: math.log(c / total) for w, c in counts.items()}
-        after: dict[str, int] = {}
-        for (previous, _), count in pair_counts.items():
-            after[previous] = after.get(previous, 0) + count
-        pairs = {pair: count / after[pair[0]] for pair, count in pair_counts.items()}
+        pairs = {}
+        for previous, after in pair_counts.items():  # each pair's share of the pairs listed after its first word
+            listed = sum(after.values())
+            pairs[previous] = {w: c / listed for w, c in after.items()}
         return cls(tuple(sorted(counts)), log_probs, pairs=pairs, **weights)
-
-    @cached_property
-    def _contexts(self) -> frozenset[str]:
-        return frozenset(previous for previous, _ in self.pairs)
 
     def is_prefix(self, spelling: str) -> bool:
         """Whether some lexicon word starts with ``spelling``."""
@@ -452,9 +448,10 @@ class Lexicon:
         logp = self.log_probs.get(word)
         if logp is None:
             return self.oov
-        if previous not in self._contexts:
+        after = self.pairs.get(previous)
+        if after is None:
             return self.alpha * logp
-        mixed = self.unigram_weight * math.exp(logp) + (1 - self.unigram_weight) * self.pairs.get((previous, word), 0.0)
+        mixed = self.unigram_weight * math.exp(logp) + (1 - self.unigram_weight) * after.get(word, 0.0)
         return self.alpha * math.log(mixed)
 
 

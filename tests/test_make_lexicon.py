@@ -59,7 +59,7 @@ def test_lexicon_file_reads_back(sources, monkeypatch, tmp_path):
     lines = gzip.open(out, "rt").read().splitlines()
     assert "the\t120000" in lines and "cat\t1200" in lines and lines[-1] == "the cat\t7800"  # 2 significant digits
     lexicon = Lexicon.read(out)
-    assert lexicon.pairs == {("the", "cat"): 1.0}
+    assert lexicon.pairs == {"the": {"cat": 1.0}}
     assert lexicon.word_score("cat", "the") > lexicon.word_score("cat") > lexicon.word_score("zebra") > lexicon.oov
 
 

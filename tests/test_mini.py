@@ -207,7 +207,7 @@ def test_ship_mini_sets_the_models_joint_reading(tmp_path, monkeypatch):
     (tmp_path / "words.tsv").write_text("hello\t2\nworld\t1\nhello world\t5\n")
     out = ship_mini.ship(MINI_DIR, {}, lexicon=tmp_path / "words.tsv", lexicon_weights=(1.0, 2.0, -3.0, 0.5))
     lexicon = load_small_model(out)[0].lexicon
-    assert lexicon.words == ("hello", "world") and lexicon.pairs == {("hello", "world"): 1.0}
+    assert lexicon.words == ("hello", "world") and lexicon.pairs == {"hello": {"world": 1.0}}
     assert (lexicon.alpha, lexicon.beta, lexicon.oov, lexicon.unigram_weight) == (1.0, 2.0, -3.0, 0.5)
     assert (
         json.loads((out / "SHIPPED.json").read_text())["source"]

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     speech, _, _ = load_small_model(out)  # it loads
     words = len(speech.lexicon.words) if speech.lexicon else 0
-    pairs = len(speech.lexicon.pairs) if speech.lexicon else 0
+    pairs = sum(map(len, speech.lexicon.pairs.values())) if speech.lexicon else 0
     print(f"loads: canvas {speech.canvas_length} ({speech.canvas}), ctc_weight {speech.ctc_weight:g}, {words} words, "
           f"{pairs} word pairs, "
           f"torch {torch.__version__}", file=sys.stderr)  # fmt: skip
