@@ -282,7 +282,9 @@ def load_whisper(
         raise ModelLoadError(
             f"the whisper encoder {spec!r} was not found (looked in {', '.join(map(str, candidates))})"
         )
-    encoder = WhisperEncoder.from_pretrained(path, dtype=torch.float32).eval()
+    from .whisper_ct2 import load_whisper_encoder  # here: `python -m asr.whisper_ct2` imports asr first
+
+    encoder = load_whisper_encoder(path)
     if (path / "preprocessor_config.json").is_file():
         features = WhisperFeatureExtractor.from_pretrained(path)
     else:

@@ -13,7 +13,9 @@ encoder onto transformers' ``WhisperEncoder``:
 Files before version 4 store an item size and an item count instead of the dtype id and byte size; files before
 version 2 have no spec name/revision, and aliases appear in version 3. All integers are little-endian.
 
-Export a float16 encoder for the repository: ``python -m asr.whisper_ct2 export --model tiny.en --out DIR``.
+Export a float16 encoder for the repository: ``python -m asr.whisper_ct2 export --model tiny.en --out DIR``. Whisper's
+encoder positions are a fixed sinusoid table, not learned (``sinusoids`` in openai/whisper and in transformers), so
+the export leaves it out (1.15 MB at tiny.en's size) and loading computes it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 from transformers import WhisperConfig, WhisperFeatureExtractor
-from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers.models.whisper.modeling_whisper import WhisperEncoder, sinusoids
 
 # CTranslate2 DataType ids (include/ctranslate2/types.h): the order of ``model_spec._dtype_to_type_id``.
 _DTYPES: dict[int, np.dtype | str] = {
@@ -407,6 +409,14 @@ def whisper_encoder_from_ct2(model_dir: str | Path, dtype: torch.dtype = torch.f
 # ---------------------------------------------------------------------------------------------- export / load
 
 
+POSITIONS = "embed_positions.weight"
+
+
+def positions_table(config: WhisperConfig) -> torch.Tensor:
+    """Whisper's encoder position table: fixed sinusoids (float32), the same function as the model's own."""
+    return sinusoids(config.max_source_positions, config.d_model)
+
+
 def export_whisper_encoder(
     model_dir: str | Path,
     out_dir: str | Path,
@@ -425,6 +435,10 @@ def export_whisper_encoder(
     out_dir.mkdir(parents=True, exist_ok=True)
     encoder = whisper_encoder_from_ct2(model_dir)
     sd = {k: v.to(dtype).contiguous() for k, v in encoder.state_dict().items()}
+    table = sd[POSITIONS].float()
+    if (table - positions_table(encoder.config)).abs().max() > 2 * torch.finfo(dtype).eps:
+        raise CT2FormatError("the encoder's position table is not whisper's sinusoids; it would be lost on export")
+    del sd[POSITIONS]
     save_file(sd, out_dir / "model.safetensors", metadata={"format": "pt"})
     config = encoder.config
     config.architectures = ["WhisperEncoder"]
@@ -433,7 +447,7 @@ def export_whisper_encoder(
     WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(out_dir)
     if copy_tokenizer and (Path(model_dir) / "tokenizer.json").exists():
         shutil.copy2(Path(model_dir) / "tokenizer.json", out_dir / "tokenizer.json")
-    n_params = sum(v.numel() for v in sd.values())
+    n_params = sum(v.numel() for v in sd.values()) + table.numel()
     (out_dir / "LICENSE").write_text(OPENAI_WHISPER_LICENSE, encoding="utf-8")
     digest = hashlib.sha256(_model_file(model_dir).read_bytes()).hexdigest()
     stored = read_ct2_model(model_dir, "encoder/conv1/weight")["encoder/conv1/weight"].dtype
@@ -442,14 +456,16 @@ def export_whisper_encoder(
         f"""# Whisper encoder: {config.encoder_layers} layers, width {config.d_model}, {n_params / 1e6:.2f} M parameters
 
 The encoder half of OpenAI's Whisper ({config.num_mel_bins} mel bins, {config.max_source_positions} frames per 30 s
-window), stored as {config.dtype} safetensors with transformers `WhisperEncoder` parameter names.
+window), stored as {config.dtype} safetensors with transformers `WhisperEncoder` parameter names. The position table
+(`embed_positions.weight`) is whisper's fixed sinusoids: it is left out and computed when the encoder loads.
 
 - Weights: OpenAI Whisper, MIT licence (see LICENSE), https://github.com/openai/whisper
 - Source: {origin or model_dir}, a CTranslate2 `model.bin` (sha256 {digest});
   no model hub involved. Values are {exact}.
 - Converted by `python -m asr.whisper_ct2 export` (asr/whisper_ct2.py); tests/test_whisper_ct2.py checks the
   encoder output against CTranslate2's own encoder on the same features.
-- Load: `asr.whisper_ct2.load_whisper_encoder(path)` or `WhisperEncoder.from_pretrained(path)`; features from
+- Load: `asr.whisper_ct2.load_whisper_encoder(path)` (or `WhisperEncoder.from_pretrained(path)`, which computes the
+  same table and reports it as newly initialised); features from
   `WhisperFeatureExtractor.from_pretrained(path)` (30 s windows, {config.num_mel_bins} mels).
 """,
         encoding="utf-8",
@@ -458,15 +474,19 @@ window), stored as {config.dtype} safetensors with transformers `WhisperEncoder`
 
 
 def load_whisper_encoder(path: str | Path, dtype: torch.dtype = torch.float32) -> WhisperEncoder:
-    """Load an exported encoder directory (config.json + model.safetensors) without the hub, in eval mode."""
+    """Load an exported encoder directory (config.json + model.safetensors) without the hub, in eval mode. A file
+    without the position table (as ``export_whisper_encoder`` writes it) gets whisper's sinusoids; any other missing
+    or unexpected tensor is an error."""
     from safetensors.torch import load_file
 
     path = Path(path)
     config = WhisperConfig.from_json_file(path / "config.json")
+    config.dtype = dtype  # the module's, as from_pretrained(dtype=...) sets it (config.json names the file's)
     with torch.device("meta"):
         encoder = WhisperEncoder(config)
-    sd = {k: v.to(dtype) for k, v in load_file(path / "model.safetensors").items()}
-    encoder.load_state_dict(sd, strict=True, assign=True)
+    sd = load_file(path / "model.safetensors")
+    sd.setdefault(POSITIONS, positions_table(config))
+    encoder.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
     return encoder.eval()
 
 
