@@ -158,12 +158,13 @@ def test_int8_model_is_dequantised(tiny_dir, features, tmp_path):
 
 
 @needs_tiny
-def test_export_round_trip(tiny_dir, tmp_path, features):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_export_round_trip(tiny_dir, tmp_path, features, dtype):
     """Every learned tensor comes back bit for bit; the position table is left out of the file and computed on load,
     equal to CTranslate2's stored table within float16 rounding, and the encoder's output does not notice."""
     from safetensors import safe_open
 
-    sizes = W.export_whisper_encoder(tiny_dir, tmp_path, origin="test")
+    sizes = W.export_whisper_encoder(tiny_dir, tmp_path, dtype=dtype, origin="test")
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "LICENSE", "README.md"} <= set(sizes)
     with safe_open(tmp_path / "model.safetensors", "pt") as f:
         assert W.POSITIONS not in f.keys()
