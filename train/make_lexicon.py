@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--exclude", type=Path, nargs="*", default=[], help="manifests whose sentences are left out")
     p.add_argument("--bigrams", type=int, default=19000, help="the most frequent general word pairs kept (0: none; "
-                   "19 000: what fits mini's 40 MB)")  # fmt: skip
+                   "19 000: mini's; more did not help, train/results/cpu-x4 section 17)")  # fmt: skip
     p.add_argument("--no-general", dest="general", action="store_false", help="no general-English counts or pairs")
     args = p.parse_args(argv)
     counts, pairs = count_words(args.exclude, args.general, args.bigrams if args.general else 0)
