@@ -220,9 +220,10 @@ def build_tiny(seed: int = 0, canvas_length: int = 16) -> tuple[SpeechModel, obj
 
 def load_small_model(folder: Path, canvas_length: int | None = None):
     """A complete small model from ``folder``: ``speech.json`` (prompt ids, canvas, whisper folder), ``backbone/``,
-    ``projector.safetensors`` and ``tokenizer/``. The whisper encoder folder is looked up beside the model."""
-    from safetensors.torch import load_file
-    from transformers import AutoTokenizer
+    ``projector.safetensors`` and ``tokenizer/``; the weight files may be int8 (``model.int8.safetensors``,
+    ``projector.int8.safetensors``: :func:`quantize_int8`). The whisper encoder folder is looked up beside the
+    model."""
+    from transformers import AutoTokenizer, DiffusionGemmaConfig
 
     info_path = folder / SMALL_MODEL_INFO
     if not info_path.is_file():
@@ -232,10 +233,15 @@ def load_small_model(folder: Path, canvas_length: int | None = None):
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
         whisper, features = load_whisper(info["whisper"], folder, seed=int(info.get("train", {}).get("seed", 0)))
-        backbone = DiffusionGemmaForBlockDiffusion.from_pretrained(folder / "backbone", dtype=torch.float32)
+        backbone = DiffusionGemmaForBlockDiffusion.from_pretrained(
+            None, config=DiffusionGemmaConfig.from_pretrained(folder / "backbone"),
+            state_dict=read_weights(weights_file(folder / "backbone", "model")), dtype=torch.float32,
+        )  # fmt: skip
+        if (folder / "backbone" / "generation_config.json").is_file():  # from_pretrained(folder) would read it
+            backbone.generation_config = type(backbone.generation_config).from_pretrained(folder / "backbone")
         tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
         layout = [M.LayerSpec(**spec) for spec in info["projector_layout"]] if "projector_layout" in info else None
-        projector = adapter_projector({"projector": load_file(folder / "projector.safetensors")}, layout).float()
+        projector = adapter_projector({"projector": read_weights(weights_file(folder, "projector"))}, layout).float()
         prompt = M.PromptFormat(**info["prompt"])
         lexicon = read_lexicon(info.get("lexicon"), folder)
     except (OSError, KeyError, TypeError, ValueError) as exc:
@@ -249,6 +255,53 @@ def load_small_model(folder: Path, canvas_length: int | None = None):
     except (ProjectorLayoutError, ValueError, TypeError) as exc:
         raise AdapterError(f"{folder / SMALL_MODEL_INFO}: {exc}") from exc
     return speech, tokenizer, features
+
+
+# --- weight files: as exported (float16), or int8 with a scale per row --------------------------------------------
+
+INT8_SCALE = ".int8_scale"  # an int8 tensor NAME is stored beside its float16 scales NAME + INT8_SCALE
+INT8_FILE = ".int8.safetensors"  # the file name's ending: not a file that from_pretrained would misread
+
+
+def weights_file(folder: Path, stem: str) -> Path:
+    """``folder/STEM.safetensors``, or where only that is present, its int8 form ``folder/STEM.int8.safetensors``."""
+    plain = folder / f"{stem}.safetensors"
+    int8 = folder / f"{stem}{INT8_FILE}"
+    return int8 if int8.is_file() and not plain.is_file() else plain
+
+
+def quantize_int8(tensors: dict[str, torch.Tensor], min_size: int = 4096) -> dict[str, torch.Tensor]:
+    """Weight-only int8 storage (half of float16's size), reversed by :func:`read_weights`.
+
+    Each floating tensor of two or more dimensions and at least ``min_size`` elements becomes int8 with one float16
+    scale per row, ``max|row| / 127``: a row is a vector along the last dimension (a linear layer's input, an
+    embedding), or where that dimension is under 64 (a convolution's kernel), a slice along the first. Reading it
+    back is off by at most half a step, ``max|row| / 254``. Other tensors (biases, norms) are kept as they are."""
+    out = {}
+    for name, t in tensors.items():
+        if not t.is_floating_point() or t.dim() < 2 or t.numel() < min_size:
+            out[name] = t
+            continue
+        t = t.float()
+        dims = (-1,) if t.shape[-1] >= 64 else tuple(range(1, t.dim()))
+        scale = (t.abs().amax(dim=dims, keepdim=True) / 127).to(torch.float16)
+        safe = torch.where(scale > 0, scale.float(), torch.ones_like(scale, dtype=torch.float32))
+        out[name] = torch.round(t / safe).clamp(-127, 127).to(torch.int8)
+        out[name + INT8_SCALE] = scale
+    return out
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; int8 ones stored with their scales (:func:`quantize_int8`) come back as
+    float32."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(path)
+    for name in [n for n in tensors if n.endswith(INT8_SCALE)]:
+        scale = tensors.pop(name)
+        base = name.removesuffix(INT8_SCALE)
+        tensors[base] = tensors[base].float() * scale.float()
+    return tensors
 
 
 def read_lexicon(spec: dict | None, folder: Path) -> Lexicon | None:

@@ -146,3 +146,38 @@ def test_projector_with_attention_round_trips_and_rejects_a_bad_block():
     assert torch.equal(rebuilt(x), reference(x))
     with pytest.raises(M.ProjectorLayoutError, match="in_dim == out_dim"):
         M.Projector([*layout[:-1], M.LayerSpec("attention", 64, 32, heads=2, ffn=8)])
+
+
+def test_int8_weights_read_back_within_half_a_step(tmp_path):
+    """quantize_int8 + read_weights: each matrix comes back as float32 within half an int8 step of its row's largest
+    magnitude (rows along the last dimension; a convolution's [out, in, 3] by output channel), a zero row as zeros;
+    vectors, small and integer tensors are stored as they were; the file is about half of float16's."""
+    from safetensors.torch import save_file
+
+    from asr.loading import INT8_SCALE, quantize_int8, read_weights
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = {
+        "linear": torch.randn(300, 128, generator=gen).half(),
+        "experts": (torch.randn(4, 64, 128, generator=gen) * torch.logspace(-3, 0, 64)[:, None]).half(),
+        "conv": torch.randn(64, 32, 3, generator=gen).half(),
+        "bias": torch.randn(300, generator=gen).half(),
+        "small": torch.randn(4, 256, generator=gen).half(),
+        "ids": torch.arange(10_000).reshape(100, 100),
+    }
+    tensors["linear"][7] = 0
+    save_file(tensors, tmp_path / "plain.safetensors")
+    save_file(quantize_int8(tensors), tmp_path / "int8.safetensors")
+    back = read_weights(tmp_path / "int8.safetensors")
+    assert set(back) == set(tensors) and not any(k.endswith(INT8_SCALE) for k in back)
+    for name, rows in (("linear", (-1,)), ("experts", (-1,)), ("conv", (1, 2))):
+        want = tensors[name].float()
+        step = want.abs().amax(dim=rows, keepdim=True) / 127
+        assert back[name].dtype == torch.float32 and back[name].shape == want.shape
+        assert ((back[name] - want).abs() <= step * 0.5 * 1.001 + 1e-8).all(), name
+    assert (back["linear"][7] == 0).all()
+    for name in ("bias", "small", "ids"):
+        assert back[name].dtype == tensors[name].dtype and torch.equal(back[name], tensors[name])
+    plain, int8 = ((tmp_path / f"{n}.safetensors").stat().st_size for n in ("plain", "int8"))
+    quantized = sum(tensors[n].numel() for n in ("linear", "experts", "conv"))
+    assert int8 < plain - 0.95 * quantized  # one byte saved per quantized weight, less the scales

@@ -215,6 +215,37 @@ def test_ship_mini_sets_the_models_joint_reading(tmp_path, monkeypatch):
     )  # shipping the shipped model again keeps where it came from
 
 
+def test_ship_mini_int8_halves_the_weights_and_keeps_the_transcripts(tmp_path, monkeypatch):
+    """ship_mini --int8 writes the backbone's and the projector's weights as int8 files only (no float16 file for
+    from_pretrained to misread); they load back within half an int8 step of mini's (per tensor, at most 1/254 of its
+    largest magnitude), the examples' WER at 8 steps stays within 3 points of mini's, and shipping the int8 model
+    again copies its files byte for byte."""
+    from asr.loading import INT8_FILE, load_small_model
+
+    ship_mini = _ship_mini()
+    (tmp_path / "mini").mkdir()
+    (tmp_path / "mini" / ship_mini.WHISPER).symlink_to(MINI_DIR.parent / ship_mini.WHISPER)
+    monkeypatch.setattr(ship_mini, "MINI", tmp_path / "mini")
+    out = ship_mini.ship(MINI_DIR, {}, int8=True)
+    files = {str(f.relative_to(out)) for f in out.rglob("*.safetensors")}
+    assert files == {f"backbone/model{INT8_FILE}", f"projector{INT8_FILE}"}
+    ours, theirs = load_small_model(MINI_DIR)[0], load_small_model(out)[0]
+    want, got = ours.state_dict(), theirs.state_dict()
+    assert set(want) == set(got)
+    for name, tensor in want.items():
+        if tensor.is_floating_point():
+            assert (got[name] - tensor).abs().max() <= tensor.abs().max() / 254 * 1.001 + 1e-8, name
+    rates = [evaluate(asr.load(str(m), device="cpu"), read_manifest(EXAMPLES), 8, seed=0, warmup=False).rates
+             for m in (MINI_DIR, out)]  # fmt: skip
+    assert abs(rates[0].wer - rates[1].wer) <= 3.0, rates
+    before = {f: (out / f).read_bytes() for f in files}
+    monkeypatch.setattr(ship_mini, "MINI", tmp_path / "again")
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / ship_mini.WHISPER).symlink_to(MINI_DIR.parent / ship_mini.WHISPER)
+    again = ship_mini.ship(out, {}, int8=True)
+    assert {f: (again / f).read_bytes() for f in files} == before
+
+
 def test_ship_mini_reads_every_summary_line_of_an_evaluation(tmp_path):
     """ship_mini records the CTC head's and every step count's WER line, also from ``asr.evaluate --quiet`` output,
     which prints the last step count's summary only as its final two lines."""

@@ -225,6 +225,8 @@ def test_aligned_canvas_is_one_slot_per_position_and_reads_back_as_the_transcrip
 
 
 def test_aligned_small_model_trains_exports_transcribes_and_continues_aligned(manifest, tmp_path):
+    from transformers import DiffusionGemmaForBlockDiffusion
+
     from asr.loading import load_small_model
 
     out = tmp_path / "aligned"
@@ -235,6 +237,13 @@ def test_aligned_small_model_trains_exports_transcribes_and_continues_aligned(ma
     T.train(cfg, progress=False)
     info = json.loads((out / "model" / "speech.json").read_text())
     assert info["canvas"] == "aligned" and info["canvas_length"] == 188
+    # load_small_model reads the weight files itself (they may be int8) and builds what from_pretrained builds
+    reference = DiffusionGemmaForBlockDiffusion.from_pretrained(out / "model" / "backbone")
+    loaded = load_small_model(out / "model")[0].backbone
+    assert loaded.generation_config == reference.generation_config and loaded.generation_config.eos_token_id
+    want = reference.state_dict()
+    assert {k: torch.equal(v, want[k]) for k, v in loaded.state_dict().items()} == dict.fromkeys(want, True)
+    assert loaded.lm_head.weight.data_ptr() == loaded.get_input_embeddings().weight.data_ptr()  # still tied
     pipe = asr.load(str(out / "model"), device="cpu")
     assert pipe.model.canvas == "aligned" and pipe.model.canvas_length == pipe.model.num_slots == 188
     segment = pipe.transcribe(str(manifest.parent / "c1.flac"), steps=2).segments[0]

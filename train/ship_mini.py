@@ -1,7 +1,7 @@
 """Ship a trained small model as ``asr/mini/model`` (what ``asr.load("mini")`` and the app's fallback load).
 
     python train/ship_mini.py EXPORTED_MODEL_DIR [--eval-real FILE] [--eval-kokoro FILE] [--ctc-weight W] \
-        [--lexicon FILE --lexicon-weights ALPHA,BETA,OOV[,UNIGRAM_WEIGHT]]
+        [--lexicon FILE --lexicon-weights ALPHA,BETA,OOV[,UNIGRAM_WEIGHT]] [--int8]
 
 EXPORTED_MODEL_DIR is an ``asr.train`` export (``speech.json``, ``backbone/``, ``projector.safetensors``,
 ``tokenizer/``; its weights are float16, as ``asr.train`` exports them, and ``load_small_model`` loads them as
@@ -12,7 +12,10 @@ float32). The whisper encoder is named as the shipped ``asr/mini/whisper-tiny-en
 (``speech.json``'s ``ctc_weight``: jointly with the CTC head; 0 or absent: the denoiser's own argmax).
 ``--lexicon`` ships a word lexicon (``train/make_lexicon.py``'s file, as ``lexicon.tsv.gz``) that this joint reading
 spells its words from by default (``asr.decoding.lexicon_search``), with the weights of ``asr.decoding.Lexicon``;
-without it the source's own lexicon, if any, is kept.
+without it the source's own lexicon, if any, is kept. ``--int8`` stores the backbone's and the projector's weight
+matrices as int8 with a float16 scale per row (``asr.loading.quantize_int8``; ``backbone/model.int8.safetensors`` and
+``projector.int8.safetensors``, half the size), which ``load_small_model`` reads back as float32; int8 files of the
+source are copied as they are.
 """
 
 from __future__ import annotations
@@ -26,8 +29,14 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script, only train/ is on the path
+    sys.path.insert(0, str(ROOT))
+
+from asr.loading import INT8_FILE, load_small_model, quantize_int8, weights_file  # noqa: E402
+
 MINI = ROOT / "asr" / "mini"
 WHISPER = "whisper-tiny-en"
 WER_LINE = re.compile(r"^(?:CTC head, greedy \(no denoising\)|\d+ steps): WER .*$")
@@ -47,7 +56,7 @@ LEXICON = "lexicon.tsv.gz"
 
 def ship(
     src: Path, evals: dict[str, Path], ctc_weight: float | None = None, lexicon: Path | None = None,
-    lexicon_weights: tuple[float, ...] | None = None,
+    lexicon_weights: tuple[float, ...] | None = None, int8: bool = False,
 ) -> Path:  # fmt: skip
     info = json.loads((src / "speech.json").read_text(encoding="utf-8"))
     if ctc_weight is not None:
@@ -67,10 +76,15 @@ def ship(
     tmp = MINI / "model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "backbone").mkdir(parents=True)
-    for name in ("config.json", "generation_config.json", "model.safetensors"):
+    for name in ("config.json", "generation_config.json"):
         if (src / "backbone" / name).is_file():
             shutil.copy2(src / "backbone" / name, tmp / "backbone" / name)
-    shutil.copy2(src / "projector.safetensors", tmp / "projector.safetensors")
+    for folder, stem in (("backbone", "model"), (".", "projector")):
+        weights = weights_file(src / folder, stem)
+        if int8 and not weights.name.endswith(INT8_FILE):
+            save_file(quantize_int8(load_file(weights)), tmp / folder / f"{stem}{INT8_FILE}", {"format": "pt"})
+        else:
+            shutil.copy2(weights, tmp / folder / weights.name)
     shutil.copytree(src / "tokenizer", tmp / "tokenizer")
     if lexicon is not None:
         shutil.copy2(lexicon, tmp / info["lexicon"]["file"])
@@ -80,7 +94,7 @@ def ship(
         if isinstance(train.get(key), str) and "/" in train[key]:
             train[key] = Path(train[key]).name  # the name only: this machine's paths mean nothing elsewhere
     (tmp / "speech.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-    digest = hashlib.sha256((src / "backbone" / "model.safetensors").read_bytes()).hexdigest()
+    digest = hashlib.sha256(weights_file(src / "backbone", "model").read_bytes()).hexdigest()
     before = src / "SHIPPED.json"  # shipping the shipped model again (e.g. with a lexicon): its source stays
     source = json.loads(before.read_text())["source"] if before.is_file() else f"{src.parent.name}/{src.name}"
     shipped = {
@@ -104,17 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lexicon-weights", type=lambda t: tuple(float(x) for x in t.split(",")),
                    help="ALPHA,BETA,OOV[,UNIGRAM_WEIGHT]: asr.decoding.Lexicon's weights (default: its "
                    "defaults)")  # fmt: skip
+    p.add_argument("--int8", action="store_true", help="store the backbone's and the projector's weight matrices as "
+                   "int8 with a scale per row (asr.loading.quantize_int8: half the size; read back as "
+                   "float32)")  # fmt: skip
     args = p.parse_args(argv)
     if args.lexicon_weights is not None and (args.lexicon is None or len(args.lexicon_weights) not in (3, 4)):
         p.error("--lexicon-weights takes ALPHA,BETA,OOV[,UNIGRAM_WEIGHT] and goes with --lexicon")
     evals = {k: v for k, v in (("real", args.eval_real), ("kokoro", args.eval_kokoro)) if v is not None}
-    out = ship(args.model, evals, args.ctc_weight, args.lexicon, args.lexicon_weights)
+    out = ship(args.model, evals, args.ctc_weight, args.lexicon, args.lexicon_weights, args.int8)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     whisper = sum(f.stat().st_size for f in (MINI / WHISPER).rglob("*") if f.is_file())
     print(f"{out}: {size / 1e6:.1f} MB (+ the encoder {whisper / 1e6:.1f} MB = {(size + whisper) / 1e6:.1f} MB)")
-    sys.path.insert(0, str(ROOT))  # run as a script, train/ is on the path, not the repository
-    from asr.loading import load_small_model
-
     speech, _, _ = load_small_model(out)  # it loads
     words = len(speech.lexicon.words) if speech.lexicon else 0
     pairs = sum(map(len, speech.lexicon.pairs.values())) if speech.lexicon else 0
