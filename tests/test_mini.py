@@ -215,22 +215,18 @@ def test_ship_mini_sets_the_models_joint_reading(tmp_path, monkeypatch):
     )  # shipping the shipped model again keeps where it came from
 
 
-def test_ship_mini_int8_halves_the_weights_and_keeps_the_transcripts(tmp_path, monkeypatch):
-    """ship_mini --int8 writes the backbone's and the projector's weights as int8 files only (no float16 file for
-    from_pretrained to misread); they load back within half an int8 step of mini's (per tensor, at most 1/254 of its
-    largest magnitude), the examples' WER at 8 steps stays within 3 points of mini's, and shipping the int8 model
-    again copies its files byte for byte."""
+def test_ship_mini_int8_halves_the_weights_and_keeps_the_transcripts(tmp_path):
+    """ship_mini --int8 (here into --out folders) writes the backbone's and the projector's weights as int8 files
+    only (no float16 file for from_pretrained to misread); they load back within half an int8 step of mini's (per
+    tensor, at most 1/254 of its largest magnitude), the examples' WER at 8 steps stays within 3 points of mini's,
+    and shipping the int8 model again copies its files byte for byte."""
     from asr.loading import INT8_FILE, load_small_model
 
     ship_mini = _ship_mini()
-    (tmp_path / "mini").mkdir()
-    (tmp_path / "mini" / ship_mini.WHISPER).symlink_to(MINI_DIR.parent / ship_mini.WHISPER)
-    monkeypatch.setattr(ship_mini, "MINI", tmp_path / "mini")
-    out = ship_mini.ship(MINI_DIR, {}, int8=True)
+    out = ship_mini.ship(MINI_DIR, {}, int8=True, out=tmp_path / "int8")
     files = {str(f.relative_to(out)) for f in out.rglob("*.safetensors")}
-    assert files == {f"backbone/model{INT8_FILE}", f"projector{INT8_FILE}"}
-    ours, theirs = load_small_model(MINI_DIR)[0], load_small_model(out)[0]
-    want, got = ours.state_dict(), theirs.state_dict()
+    assert out == tmp_path / "int8" and files == {f"backbone/model{INT8_FILE}", f"projector{INT8_FILE}"}
+    want, got = (load_small_model(m)[0].state_dict() for m in (MINI_DIR, out))
     assert set(want) == set(got)
     for name, tensor in want.items():
         if tensor.is_floating_point():
@@ -238,12 +234,8 @@ def test_ship_mini_int8_halves_the_weights_and_keeps_the_transcripts(tmp_path, m
     rates = [evaluate(asr.load(str(m), device="cpu"), read_manifest(EXAMPLES), 8, seed=0, warmup=False).rates
              for m in (MINI_DIR, out)]  # fmt: skip
     assert abs(rates[0].wer - rates[1].wer) <= 3.0, rates
-    before = {f: (out / f).read_bytes() for f in files}
-    monkeypatch.setattr(ship_mini, "MINI", tmp_path / "again")
-    (tmp_path / "again").mkdir()
-    (tmp_path / "again" / ship_mini.WHISPER).symlink_to(MINI_DIR.parent / ship_mini.WHISPER)
-    again = ship_mini.ship(out, {}, int8=True)
-    assert {f: (again / f).read_bytes() for f in files} == before
+    again = ship_mini.ship(out, {}, int8=True, out=tmp_path / "again")
+    assert {f: (again / f).read_bytes() for f in files} == {f: (out / f).read_bytes() for f in files}
 
 
 def test_ship_mini_reads_every_summary_line_of_an_evaluation(tmp_path):

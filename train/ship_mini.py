@@ -1,7 +1,7 @@
 """Ship a trained small model as ``asr/mini/model`` (what ``asr.load("mini")`` and the app's fallback load).
 
     python train/ship_mini.py EXPORTED_MODEL_DIR [--eval-real FILE] [--eval-kokoro FILE] [--ctc-weight W] \
-        [--lexicon FILE --lexicon-weights ALPHA,BETA,OOV[,UNIGRAM_WEIGHT]] [--int8]
+        [--lexicon FILE --lexicon-weights ALPHA,BETA,OOV[,UNIGRAM_WEIGHT]] [--int8] [--out DIR]
 
 EXPORTED_MODEL_DIR is an ``asr.train`` export (``speech.json``, ``backbone/``, ``projector.safetensors``,
 ``tokenizer/``; its weights are float16, as ``asr.train`` exports them, and ``load_small_model`` loads them as
@@ -15,7 +15,9 @@ spells its words from by default (``asr.decoding.lexicon_search``), with the wei
 without it the source's own lexicon, if any, is kept. ``--int8`` stores the backbone's and the projector's weight
 matrices as int8 with a float16 scale per row (``asr.loading.quantize_int8``; ``backbone/model.int8.safetensors`` and
 ``projector.int8.safetensors``, half the size), which ``load_small_model`` reads back as float32; int8 files of the
-source are copied as they are.
+source are copied as they are. ``--out DIR`` writes the model to ``DIR`` instead, to evaluate it as it would ship
+(``speech.json`` names ``../whisper-tiny-en``, which ``load_small_model`` finds in ``asr/mini`` when ``DIR`` has no
+such neighbour).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ LEXICON = "lexicon.tsv.gz"
 
 def ship(
     src: Path, evals: dict[str, Path], ctc_weight: float | None = None, lexicon: Path | None = None,
-    lexicon_weights: tuple[float, ...] | None = None, int8: bool = False,
+    lexicon_weights: tuple[float, ...] | None = None, int8: bool = False, out: Path | None = None,
 ) -> Path:  # fmt: skip
     info = json.loads((src / "speech.json").read_text(encoding="utf-8"))
     if ctc_weight is not None:
@@ -72,8 +74,8 @@ def ship(
         raise SystemExit(f"{MINI / WHISPER} is missing: the shipped model names it as its encoder")
     if Path(info["whisper"]).name != WHISPER:
         raise SystemExit(f"{src} was trained on the encoder {info['whisper']!r}, not the shipped {WHISPER}")
-    out = MINI / "model"
-    tmp = MINI / "model.tmp"
+    out = out or MINI / "model"
+    tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "backbone").mkdir(parents=True)
     for name in ("config.json", "generation_config.json"):
@@ -121,11 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--int8", action="store_true", help="store the backbone's and the projector's weight matrices as "
                    "int8 with a scale per row (asr.loading.quantize_int8: half the size; read back as "
                    "float32)")  # fmt: skip
+    p.add_argument("--out", type=Path, help="write the model there instead of asr/mini/model (to evaluate it as it "
+                   "would ship; its encoder is still the shipped one)")  # fmt: skip
     args = p.parse_args(argv)
     if args.lexicon_weights is not None and (args.lexicon is None or len(args.lexicon_weights) not in (3, 4)):
         p.error("--lexicon-weights takes ALPHA,BETA,OOV[,UNIGRAM_WEIGHT] and goes with --lexicon")
     evals = {k: v for k, v in (("real", args.eval_real), ("kokoro", args.eval_kokoro)) if v is not None}
-    out = ship(args.model, evals, args.ctc_weight, args.lexicon, args.lexicon_weights, args.int8)
+    out = ship(args.model, evals, args.ctc_weight, args.lexicon, args.lexicon_weights, args.int8, args.out)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     whisper = sum(f.stat().st_size for f in (MINI / WHISPER).rglob("*") if f.is_file())
     print(f"{out}: {size / 1e6:.1f} MB (+ the encoder {whisper / 1e6:.1f} MB = {(size + whisper) / 1e6:.1f} MB)")
