@@ -59,10 +59,11 @@ def general_counts(name: str) -> Counter:
     return counts
 
 
-def spellings(exclude: list[Path], word_lists: tuple[Path, ...] = WORD_LISTS) -> tuple[set[str], Counter]:
-    """The word lists' words, and the corpus's word counts without the ``exclude`` manifests' sentences."""
+def spellings(exclude: list[Path], word_lists: tuple[Path, ...] | None = None) -> tuple[set[str], Counter]:
+    """The word lists' words (default ``WORD_LISTS``, read when called), and the corpus's word counts without the
+    ``exclude`` manifests' sentences."""
     listed: set[str] = set()
-    for path in word_lists:
+    for path in WORD_LISTS if word_lists is None else word_lists:
         if not path.is_file():
             raise SystemExit(f"{path} is missing: apt-get install wamerican wbritish")
         for line in path.read_text(encoding="utf-8", errors="ignore").splitlines():
@@ -79,7 +80,7 @@ def spellings(exclude: list[Path], word_lists: tuple[Path, ...] = WORD_LISTS) ->
 
 
 def count_words(
-    exclude: list[Path], general: bool = True, bigrams: int = 0, word_lists: tuple[Path, ...] = WORD_LISTS
+    exclude: list[Path], general: bool = True, bigrams: int = 0, word_lists: tuple[Path, ...] | None = None
 ) -> tuple[Counter, Counter]:
     """(word counts, word-pair counts): general English's counts (``general``) plus every other spelling once, or
     the word lists once each and the corpus's counts; the ``bigrams`` most frequent general pairs of lexicon words."""
