@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -219,7 +220,8 @@ def test_ship_mini_int8_halves_the_weights_and_keeps_the_transcripts(tmp_path):
     """ship_mini --int8 (here into --out folders) writes the backbone's and the projector's weights as int8 files
     only (no float16 file for from_pretrained to misread); they load back within half an int8 step of mini's (per
     tensor, at most 1/254 of its largest magnitude), the examples' WER at 8 steps stays within 3 points of mini's,
-    and shipping the int8 model again copies its files byte for byte."""
+    and shipping the int8 model again copies its files byte for byte; SHIPPED.json keeps naming the export both were
+    made from."""
     from asr.loading import INT8_FILE, load_small_model
 
     ship_mini = _ship_mini()
@@ -236,6 +238,21 @@ def test_ship_mini_int8_halves_the_weights_and_keeps_the_transcripts(tmp_path):
     assert abs(rates[0].wer - rates[1].wer) <= 3.0, rates
     again = ship_mini.ship(out, {}, int8=True, out=tmp_path / "again")
     assert {f: (again / f).read_bytes() for f in files} == {f: (out / f).read_bytes() for f in files}
+    made_from = [{k: json.loads((m / "SHIPPED.json").read_text())[k] for k in ("source", "backbone_sha256")}
+                 for m in (MINI_DIR, out, again)]  # fmt: skip
+    assert made_from[0] == made_from[1] == made_from[2]  # the trained export's name and backbone digest stay
+
+
+def test_ship_mini_names_a_new_export_and_its_backbone(tmp_path):
+    """A trained export (no SHIPPED.json) ships with its folder's name and the SHA-256 of its backbone file."""
+    ship_mini = _ship_mini()
+    src = tmp_path / "jointX" / "model"
+    shutil.copytree(MINI_DIR, src, ignore=shutil.ignore_patterns("SHIPPED.json"))
+    out = ship_mini.ship(src, {}, out=tmp_path / "shipped")
+    backbone = next((src / "backbone").glob("model*.safetensors"))
+    assert json.loads((out / "SHIPPED.json").read_text()) == {
+        "source": "jointX/model", "backbone_sha256": hashlib.sha256(backbone.read_bytes()).hexdigest(), "evaluation": {}
+    }  # fmt: skip
 
 
 def test_ship_mini_reads_every_summary_line_of_an_evaluation(tmp_path):

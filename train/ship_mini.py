@@ -96,12 +96,15 @@ def ship(
         if isinstance(train.get(key), str) and "/" in train[key]:
             train[key] = Path(train[key]).name  # the name only: this machine's paths mean nothing elsewhere
     (tmp / "speech.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-    digest = hashlib.sha256(weights_file(src / "backbone", "model").read_bytes()).hexdigest()
-    before = src / "SHIPPED.json"  # shipping the shipped model again (e.g. with a lexicon): its source stays
-    source = json.loads(before.read_text())["source"] if before.is_file() else f"{src.parent.name}/{src.name}"
+    before = src / "SHIPPED.json"  # shipping the shipped model again (e.g. with a lexicon, as int8): what it was
+    if before.is_file():  # made from stays: the export's name and its backbone file's SHA-256
+        made_from = json.loads(before.read_text())
+    else:
+        digest = hashlib.sha256(weights_file(src / "backbone", "model").read_bytes()).hexdigest()
+        made_from = {"source": f"{src.parent.name}/{src.name}", "backbone_sha256": digest}
     shipped = {
-        "source": source,
-        "backbone_sha256": digest,
+        "source": made_from["source"],
+        "backbone_sha256": made_from["backbone_sha256"],
         "evaluation": {name: wer_lines(path) for name, path in evals.items()},
     }
     (tmp / "SHIPPED.json").write_text(json.dumps(shipped, indent=1) + "\n", encoding="utf-8")
