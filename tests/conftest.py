@@ -20,6 +20,15 @@ import torch
 torch.set_num_threads(1)
 
 SR = 16_000
+
+
+def same_threads_env(**extra: str) -> dict[str, str]:
+    """The environment for a subprocess whose transcript a test compares with one made in this process: the same
+    number of CPU threads (torch reads ``OMP_NUM_THREADS``), since a different split of the sums can flip a token
+    where two are nearly tied."""
+    return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), **extra}
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

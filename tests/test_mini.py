@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import same_threads_env
 
 import asr
 from asr.evaluate import evaluate, read_manifest
@@ -171,7 +171,7 @@ def test_cli_falls_back_to_mini_when_the_default_model_cannot_load():
     """No --model, no GPU: the real model is refused at once and the CLI says so and uses mini; a model named with
     --model is never swapped."""
     clip = ROOT / "examples" / "quick_brown_fox.flac"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = same_threads_env(HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
     run = subprocess.run([sys.executable, "-m", "asr", str(clip), "--steps", "4", "--seed", "3"],
                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)  # fmt: skip
     assert run.returncode == 0, run.stderr

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import soundfile as sf
-from conftest import SR, speechlike, with_pauses
+from conftest import SR, same_threads_env, speechlike, with_pauses
 
 import asr
 from asr.transcript import Segment, Timings, Transcript
@@ -85,7 +85,7 @@ def test_cli_json_and_errors(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "asr", str(bad), str(good), "--model", "tiny-random", "--format", "json", "--steps", "3",
          "--seed", "1", "--device", "cpu"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, env=same_threads_env(),
     )  # fmt: skip
     assert run.returncode == 1  # one file failed, the other was still transcribed
     assert "bad.wav" in run.stderr and "could not be decoded" in run.stderr
