@@ -1,16 +1,33 @@
 #!/usr/bin/env bash
-# Session 23 (train/results/cpu-x4 section 18), from the work folder, each evaluation alone (nothing else running):
-# mini of the session's start stored as int8 (s23/uint8), and run V as it would ship (int8; mini's lexicon and
-# weights), on the held-out Kokoro voices and the real-speech clips at 1, 4, 8 and 16 steps.
+# Session 23 (train/results/cpu-x4 section 18), from the work folder, on the session's second machine (the first, with
+# run V, was shut down before run V was scored): the evaluation sets rebuilt (train/make_eval_sets.sh), then each
+# evaluation alone, nothing else running.
+# 1. mini as shipped at the session's start (run U, float16) and the same weights stored as int8 (--out: not shipped
+#    yet), on the same files, at 1, 4, 8 and 16 steps with the CTC head;
+# 2. import asr + asr.load, three fresh processes each (s23-coldload.txt);
+# 3. after shipping the int8 copy (ship_mini.py s23/uint8/model --int8 --eval-real ... --eval-kokoro ...), the
+#    shipped mini read position by position (--no-lexicon).
 set -euo pipefail
 W=/work/main
 export PYTHONPATH=$W
+bash $W/train/setup_kokoro.sh && bash $W/train/make_eval_sets.sh .
+mkdir -p s23
 python $W/train/ship_mini.py $W/asr/mini/model --int8 --out s23/uint8/model
-python $W/train/ship_mini.py s23/jointV/model --int8 --out s23/vint8/model --ctc-weight 2 \
-    --lexicon $W/asr/mini/model/lexicon.tsv.gz --lexicon-weights 1.25,7,-40,0.2
-for m in uint8 vint8; do
-    python -m asr.evaluate --manifest kokoro-test/test.tsv --model s23/$m/model --steps 1,4,8,16 --ctc --quiet \
-        --threads 2 > s23/$m-kokoro.txt
-    python -m asr.evaluate --manifest real-speech/manifest.tsv --model s23/$m/model --steps 1,4,8,16 --ctc --quiet \
-        --threads 2 > s23/$m-real.txt
+for m in fp16:$W/asr/mini/model uint8:s23/uint8/model; do
+    n=${m%%:*}; d=${m#*:}
+    python -m asr.evaluate --manifest kokoro-test/test.tsv --model $d --steps 1,4,8,16 --ctc --quiet --threads 2 \
+        > s23/$n-kokoro.txt
+    python -m asr.evaluate --manifest real-speech/manifest.tsv --model $d --steps 1,4,8,16 --ctc --quiet --threads 2 \
+        > s23/$n-real.txt
+done
+for m in $W/asr/mini/model s23/uint8/model; do
+    for i in 1 2 3; do
+        python -c "import time; t = time.perf_counter(); import asr; t1 = time.perf_counter(); asr.load('$m', device='cpu')
+print('$(basename $(dirname $m))', f'import {t1 - t:.2f} s, load {time.perf_counter() - t1:.2f} s, total {time.perf_counter() - t:.2f} s')" 2>/dev/null
+    done
+done > s23/coldload.txt
+python $W/train/ship_mini.py s23/uint8/model --int8 --eval-real s23/uint8-real.txt --eval-kokoro s23/uint8-kokoro.txt
+for s in real:real-speech/manifest.tsv kokoro:kokoro-test/test.tsv; do
+    python -m asr.evaluate --manifest ${s#*:} --model mini --steps 1,4,8,16 --quiet --threads 2 --no-lexicon \
+        > s23/nolexicon-${s%%:*}.txt
 done
