@@ -13,7 +13,7 @@ FALLBACK_MODEL = "mini"  # used, with a note on stderr, when --model is not give
 
 
 def parser() -> argparse.ArgumentParser:
-    from .decoding import STARTS
+    from .decoding import DRAWS, STARTS
     from .loading import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(prog="python -m asr", description="Transcribe audio with diffusion-gemma-asr.")
@@ -35,6 +35,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-lexicon", action="store_true",
                    help="read that joint canvas position by position, without the model's word lexicon (mini ships "
                    "one: by default its words are spelled from it)")  # fmt: skip
+    p.add_argument("--draw", choices=DRAWS, default=None,
+                   help="how tokens are drawn: exact (generate()'s random numbers) or cdf (one per position, faster on "
+                   "the CPU); default: the pipeline's choice (mini on the CPU: cdf)")  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible output")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--format", choices=FORMATS, default="txt", help="output format (default txt)")
@@ -74,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         lexicon = False if args.no_lexicon else None
-        options = DenoiseOptions(steps=args.steps, start=args.start, ctc_weight=args.ctc_weight, lexicon=lexicon)
+        options = DenoiseOptions(steps=args.steps, start=args.start, ctc_weight=args.ctc_weight, lexicon=lexicon,
+                                 draw=args.draw)  # fmt: skip
     except ValueError as exc:
         parser().error(str(exc))
     failed = 0

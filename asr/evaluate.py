@@ -201,17 +201,19 @@ def evaluate(
     start: str = "noise",
     ctc_weight: float | None = None,
     lexicon: bool | None = None,
+    draw: str | None = None,
 ) -> StepsResult:
     """Transcribe every utterance with ``steps`` denoising steps and score the corpus. ``ctc``: score the CTC head's
     greedy transcripts instead (:meth:`asr.Pipeline.transcribe_ctc`; ``steps`` is then 0). ``start``: the first
     canvas (``DenoiseOptions.start``); ``ctc_weight``: read the final canvas jointly with the CTC head
     (``DenoiseOptions.ctc_weight``; None: the model's own setting); ``lexicon``: spell that reading's words from the
-    model's lexicon (``DenoiseOptions.lexicon``; None: the model's own setting)."""
+    model's lexicon (``DenoiseOptions.lexicon``; None: the model's own setting); ``draw``: how tokens are drawn
+    (``DenoiseOptions.draw``; None: the pipeline's choice)."""
     import torch
 
     from .decoding import DenoiseOptions
 
-    options = None if ctc else DenoiseOptions(steps=steps, start=start, ctc_weight=ctc_weight, lexicon=lexicon)
+    options = None if ctc else DenoiseOptions(steps, start=start, ctc_weight=ctc_weight, lexicon=lexicon, draw=draw)
 
     def transcribe(path: str):
         if ctc:
@@ -294,7 +296,7 @@ def parse_steps(text: str) -> list[int]:
 
 
 def parser() -> argparse.ArgumentParser:
-    from .decoding import STARTS
+    from .decoding import DRAWS, STARTS
     from .loading import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(prog="python -m asr.evaluate", description="Corpus WER/CER and RTFx on a manifest.")
@@ -309,6 +311,9 @@ def parser() -> argparse.ArgumentParser:
                    "own setting; mini: 2)")  # fmt: skip
     p.add_argument("--no-lexicon", action="store_true", help="read the final canvas position by position, without "
                    "the model's word lexicon (models that ship one, such as mini)")  # fmt: skip
+    p.add_argument("--draw", choices=DRAWS, default=None, help="how tokens are drawn: exact (generate()'s random "
+                   "numbers) or cdf (one per position, faster on the CPU); default: the pipeline's choice (mini on "
+                   "the CPU: cdf)")  # fmt: skip
     p.add_argument("--language", default="en", help="en: Whisper's English normaliser; else the basic one")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--limit", type=int, default=None, help="only the first N utterances")
@@ -350,11 +355,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .decoding import DenoiseOptions
 
-    asked = DenoiseOptions(start=args.start, ctc_weight=args.ctc_weight, lexicon=False if args.no_lexicon else None)
+    asked = DenoiseOptions(start=args.start, ctc_weight=args.ctc_weight, lexicon=False if args.no_lexicon else None,
+                           draw=args.draw)  # fmt: skip
     resolved = pipe.reading(asked)  # the model's own settings where the arguments leave them to it
     weight, lexicon = resolved.ctc_weight, resolved.lexicon
     reading = f"read jointly with the CTC head, weight {weight:g}" if weight > 0 else "the denoiser's argmax"
     reading += ", words spelled from the model's lexicon" if lexicon else ""
+    reading += f"; tokens drawn {resolved.draw}"
     print(f"model {pipe.name} on {pipe.device}, loaded in {load_s:.2f} s; {len(utterances)} utterances; final canvas: "
           f"{reading}")  # fmt: skip
     ctc = None
@@ -365,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for steps in args.steps:
         result = evaluate(pipe, utterances, steps, args.seed, args.language, progress=not args.quiet, start=args.start,
-                          ctc_weight=args.ctc_weight, lexicon=asked.lexicon)  # fmt: skip
+                          ctc_weight=args.ctc_weight, lexicon=asked.lexicon, draw=args.draw)  # fmt: skip
         results.append(result)
         if not args.quiet:
             print(format_table(result, base=args.manifest.parent))
@@ -379,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
                     "start": args.start,
                     "ctc_weight": weight,
                     "lexicon": lexicon,
+                    "draw": resolved.draw,
                     "results": [_as_json(r) for r in results],
                     "ctc": _as_json(ctc) if ctc else None,
                 },

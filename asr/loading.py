@@ -87,8 +87,9 @@ def load(
             use_kernels(speech.backbone, device)
             bf16 = small and device == "cpu" and dtype == torch.float32 and cpu_bf16_default()
             trim = small and os.environ.get("ASR_TRIM_ENCODER", "1") != "0"
+            draw = "cdf" if small and device == "cpu" else "exact"  # the sampler's time on the CPU (DenoiseOptions)
             _cache[key] = Pipeline(
-                speech, tokenizer, features, name=label, device=device, cpu_bf16=bf16, trim_encoder=trim
+                speech, tokenizer, features, name=label, device=device, cpu_bf16=bf16, trim_encoder=trim, draw=draw
             )
         return _cache[key]
 

@@ -66,6 +66,10 @@ class Pipeline:
     ``generate()`` would under the same autocast (tests/test_decoding.py). :func:`asr.load` turns it on for the
     small model where the CPU computes bfloat16 natively (:func:`cpu_bf16_default`).
 
+    ``draw`` is how tokens are drawn where :class:`DenoiseOptions` leave it to the pipeline (``draw=None``):
+    ``"exact"`` (generate()'s random numbers) or ``"cdf"`` (one per position; :func:`asr.decoding.sample`).
+    :func:`asr.load` picks ``"cdf"`` for a small model on the CPU.
+
     ``trim_encoder=True`` runs whisper's encoder only over the positions that cover a batch's audio (plus 1 s), not
     the whole 30 s window (:meth:`SpeechModel.embed_audio`'s ``seconds``): an approximation, measured for small
     models only, where :func:`asr.load` turns it on (``ASR_TRIM_ENCODER=0`` turns it off).
@@ -91,9 +95,11 @@ class Pipeline:
         cuda_graphs: bool | None = None,
         cpu_bf16: bool = False,
         trim_encoder: bool = False,
+        draw: str = "exact",
     ):
         if cpu_bf16 and device != "cpu":
             raise ValueError(f"cpu_bf16 is for device='cpu', not {device!r}")
+        self.draw = DenoiseOptions(draw=draw).draw  # checked
         self.cpu_bf16 = cpu_bf16
         self.trim_encoder = trim_encoder
         self.model = model
@@ -109,6 +115,7 @@ class Pipeline:
     def __repr__(self) -> str:
         dtype = next(self.model.backbone.parameters()).dtype
         extra = (", cpu_bf16=True" if self.cpu_bf16 else "") + (", trim_encoder=True" if self.trim_encoder else "")
+        extra += f", draw={self.draw!r}" if self.draw != "exact" else ""
         return (
             f"Pipeline({self.name!r}, device={self.device!r}, dtype={dtype}{extra}, canvas={self.model.canvas_length})"
         )
@@ -162,7 +169,7 @@ class Pipeline:
         segments, timings = self._run(audio, sample_rate, batch_size, progress, denoise_batch)
         return Transcript(
             segments=segments, timings=timings, model=self.name, steps=options.steps, seed=seed,
-            ctc_weight=options.ctc_weight, lexicon=options.lexicon,
+            ctc_weight=options.ctc_weight, lexicon=options.lexicon, draw=options.draw,
         )  # fmt: skip
 
     def reading(self, options: DenoiseOptions) -> DenoiseOptions:
@@ -180,6 +187,8 @@ class Pipeline:
             options = dataclasses.replace(options, lexicon=self.model.lexicon is not None and options.ctc_weight > 0)
         if options.lexicon and (self.model.lexicon is None or options.ctc_weight == 0):
             raise ValueError("lexicon=True needs a model with a lexicon (mini) and a joint reading (ctc_weight > 0)")
+        if options.draw is None:
+            options = dataclasses.replace(options, draw=self.draw)
         return options
 
     def transcribe_ctc(

@@ -141,6 +141,8 @@ class Transcript:
     seed: int | None = None
     ctc_weight: float = 0.0  # > 0: the final canvases were read jointly with the CTC head (DenoiseOptions)
     lexicon: bool = False  # True: that joint reading spelled its words from the model's lexicon (DenoiseOptions)
+    # DenoiseOptions.draw: "exact" (generate()'s random numbers) or "cdf"; the fused CUDA loop draws with its kernel
+    draw: str = "exact"
 
     @property
     def text(self) -> str:
@@ -161,6 +163,7 @@ class Transcript:
             "seed": self.seed,
             "ctc_weight": self.ctc_weight,
             "lexicon": self.lexicon,
+            "draw": self.draw,
             "timings": self.timings.to_dict(),
             "segments": [s.to_dict(steps=steps) for s in self.segments],
         }

@@ -160,6 +160,43 @@ def test_sample_draws_what_torch_multinomial_draws(dtype):
     assert sample(scaled, torch.Generator().manual_seed(7), record=False)[1:] == (None, None)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cdf_draw_follows_the_softmax_distribution(dtype):
+    """``sample(draw="cdf")``: one uniform number per position (the generator advances by that much only), tokens
+    distributed as softmax(scaled) (every position's frequency within 5 standard errors of its probability, a token
+    of probability 0 never drawn), the same record as the exact draw, and the same tokens again for the same seed."""
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0, -1e4])  # the last: probability 0 in float32
+    scaled = logits.expand(2, 20_000, 7).to(dtype)
+    probs = torch.softmax(scaled[0, 0], dim=-1, dtype=torch.float32).double()  # as rounded to dtype
+    gen = torch.Generator().manual_seed(3)
+    tokens, confidence, entropy = sample(scaled, gen, draw="cdf")
+    expected_state = torch.Generator().manual_seed(3)
+    torch.rand(2, 20_000, 1, generator=expected_state, dtype=torch.float64)
+    assert torch.equal(gen.get_state(), expected_state.get_state())
+    frequency = torch.bincount(tokens.flatten(), minlength=7).double() / tokens.numel()
+    stderr = (probs * (1 - probs) / tokens.numel()).sqrt()
+    assert frequency[6] == 0 and ((frequency - probs).abs() <= 5 * stderr + 1e-12).all(), (frequency, probs)
+    exact = sample(scaled, torch.Generator().manual_seed(3))
+    assert torch.equal(confidence, exact[1]) and torch.equal(entropy, exact[2])
+    assert torch.equal(sample(scaled, torch.Generator().manual_seed(3), draw="cdf")[0], tokens)
+    with pytest.raises(ValueError, match="draw must be one of"):
+        DenoiseOptions(draw="gumbel")
+
+
+def test_denoise_with_the_cdf_draw(stack):
+    """denoise() with ``DenoiseOptions(draw="cdf")``: reproducible for a seed, other tokens than the exact draw's
+    (other random numbers), every recorded sample a token of the vocabulary."""
+    cache, _, _, prompt_len = _prefilled(stack, 2, seed=4)
+    runs = [
+        denoise(stack.backbone, copy.deepcopy(cache), prompt_len, 2, DenoiseOptions(steps=4, draw=draw),
+                torch.Generator().manual_seed(5))
+        for draw in ("cdf", "cdf", "exact")
+    ]  # fmt: skip
+    assert torch.equal(runs[0].tokens, runs[1].tokens) and not torch.equal(runs[0].tokens, runs[2].tokens)
+    vocab = stack.backbone.config.text_config.vocab_size
+    assert all(0 <= t.sampled.min() and t.sampled.max() < vocab for t in runs[0].trace)
+
+
 def test_seed_reproducible_and_seeds_differ(stack):
     outs = []
     for seed in (0, 0, 1):

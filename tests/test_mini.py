@@ -38,6 +38,22 @@ def test_mini_transcribes_the_examples():
     assert all(r.hypothesis.strip() for r in result.utterances)
 
 
+def test_mini_on_the_cpu_draws_by_cdf_unless_asked_for_the_exact_draw():
+    """asr.load picks the cheap draw for a small model on the CPU; the transcript says which draw made it, and
+    DenoiseOptions(draw="exact") still gets generate()'s draw; the tiny random stack keeps the exact draw."""
+    from asr.decoding import DenoiseOptions
+
+    pipe = asr.load("mini", device="cpu")
+    clip = ROOT / "examples" / "quick_brown_fox.flac"
+    cheap = pipe.transcribe(clip, steps=4, seed=0)
+    exact = pipe.transcribe(clip, seed=0, options=DenoiseOptions(steps=4, draw="exact"))
+    assert pipe.draw == "cdf" and (cheap.draw, exact.draw) == ("cdf", "exact")
+    assert cheap.to_dict(steps=False)["draw"] == "cdf" and cheap.text and exact.text
+    steps = [t.sampled for t in cheap.segments[0].steps], [t.sampled for t in exact.segments[0].steps]
+    assert not all(np.array_equal(a, b) for a, b in zip(*steps, strict=True))  # other random numbers
+    assert asr.load("tiny-random", device="cpu").draw == "exact"
+
+
 def test_mini_starts_from_its_ctc_reading_when_asked(capsys):
     """DenoiseOptions(start="ctc"): the first canvas is the CTC head's reading laid out as the aligned canvas, so
     it reads as transcribe_ctc's text; the denoiser then refines it, and the packed tiny model refuses the option.
