@@ -265,7 +265,7 @@ INT8_FILE = ".int8.safetensors"  # the file name's ending: not a file that from_
 
 
 def weights_file(folder: Path, stem: str) -> Path:
-    """``folder/STEM.safetensors``, or where only that is present, its int8 form ``folder/STEM.int8.safetensors``."""
+    """``folder/STEM.safetensors``, or its int8 form ``folder/STEM.int8.safetensors`` where only that one is there."""
     plain = folder / f"{stem}.safetensors"
     int8 = folder / f"{stem}{INT8_FILE}"
     return int8 if int8.is_file() and not plain.is_file() else plain
