@@ -48,3 +48,10 @@ for s in real:real-speech/manifest.tsv kokoro:kokoro-test/test.tsv; do
     python -m asr.evaluate --manifest ${s#*:} --model mini --steps 1,4,8,16 --quiet --threads 2 --no-lexicon \
         > s23/cdf-nolexicon-${s%%:*}.txt
 done
+# 5. bfloat16 autocast (the default here) against float32, alternately, real clips at 8 steps.
+for i in 1 2; do
+    for b in 1 0; do
+        ASR_CPU_BF16=$b python -m asr.evaluate --manifest real-speech/manifest.tsv --model mini --steps 8 --ctc --quiet \
+            --threads 2 > s23/bf16ab-$b-$i.txt
+    done
+done
