@@ -591,9 +591,10 @@ def sample(
         else:
             cdf = p.cumsum(dim=-1, dtype=torch.float64)
             sampled[b] = torch.searchsorted(cdf, u[b] * cdf[:, -1:], right=True)[:, 0].clamp_(max=vocab - 1)
-        if record:  # H = logsumexp(x) - sum(softmax(x) x), from the probabilities at hand, in float32
-            confidence[b] = p.amax(dim=-1)
-            entropy[b] = torch.logsumexp(x.float(), dim=-1) - (p * x).sum(dim=-1)
+        if record:  # H = logsumexp(x) - sum(softmax(x) x), from the probabilities at hand, in float32; -inf logits
+            confidence[b] = p.amax(dim=-1)  # clamped to the lowest float first, as Categorical.entropy() does
+            xf = x.float().clamp(min=torch.finfo(torch.float32).min)
+            entropy[b] = torch.logsumexp(xf, dim=-1) - (p * xf).sum(dim=-1)
     return sampled, confidence, entropy
 
 

@@ -165,7 +165,7 @@ def test_cdf_draw_follows_the_softmax_distribution(dtype):
     """``sample(draw="cdf")``: one uniform number per position (the generator advances by that much only), tokens
     distributed as softmax(scaled) (every position's frequency within 5 standard errors of its probability, a token
     of probability 0 never drawn), the same record as the exact draw, and the same tokens again for the same seed."""
-    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0, -1e4])  # the last: probability 0 in float32
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0, float("-inf")])
     scaled = logits.expand(2, 20_000, 7).to(dtype)
     probs = torch.softmax(scaled[0, 0], dim=-1, dtype=torch.float32).double()  # as rounded to dtype
     gen = torch.Generator().manual_seed(3)
@@ -178,6 +178,8 @@ def test_cdf_draw_follows_the_softmax_distribution(dtype):
     assert frequency[6] == 0 and ((frequency - probs).abs() <= 5 * stderr + 1e-12).all(), (frequency, probs)
     exact = sample(scaled, torch.Generator().manual_seed(3))
     assert torch.equal(confidence, exact[1]) and torch.equal(entropy, exact[2])
+    reference_entropy = torch.distributions.Categorical(logits=scaled.float()).entropy()  # finite with a -inf logit
+    torch.testing.assert_close(entropy, reference_entropy, rtol=1e-4, atol=1e-4)
     assert torch.equal(sample(scaled, torch.Generator().manual_seed(3), draw="cdf")[0], tokens)
     with pytest.raises(ValueError, match="draw must be one of"):
         DenoiseOptions(draw="gumbel")
