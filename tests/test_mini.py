@@ -237,20 +237,30 @@ def test_ship_mini_int8_halves_the_weights_and_keeps_the_transcripts(tmp_path):
     only (no float16 file for from_pretrained to misread); they load back within half an int8 step of mini's (per
     tensor, at most 1/254 of its largest magnitude), the examples' WER at 8 steps stays within 3 points of mini's,
     and shipping the int8 model again copies its files byte for byte; SHIPPED.json keeps naming the export both were
-    made from."""
-    from asr.loading import INT8_FILE, load_small_model
+    made from. The source is mini as a float16 export (mini itself ships int8), so the quantization runs."""
+    from safetensors.torch import save_file
 
+    from asr.loading import INT8_FILE, load_small_model, read_weights
+
+    src = tmp_path / "fp16"
+    shutil.copytree(MINI_DIR, src)
+    for int8 in (src / "backbone" / f"model{INT8_FILE}", src / f"projector{INT8_FILE}"):
+        if int8.is_file():
+            weights = {k: v.half() if v.is_floating_point() else v for k, v in read_weights(int8).items()}
+            save_file(weights, int8.with_name(int8.name.replace(INT8_FILE, ".safetensors")), {"format": "pt"})
+            int8.unlink()
+    assert not list(src.rglob(f"*{INT8_FILE}"))
     ship_mini = _ship_mini()
-    out = ship_mini.ship(MINI_DIR, {}, int8=True, out=tmp_path / "int8")
+    out = ship_mini.ship(src, {}, int8=True, out=tmp_path / "int8")
     files = {str(f.relative_to(out)) for f in out.rglob("*.safetensors")}
     assert out == tmp_path / "int8" and files == {f"backbone/model{INT8_FILE}", f"projector{INT8_FILE}"}
-    want, got = (load_small_model(m)[0].state_dict() for m in (MINI_DIR, out))
+    want, got = (load_small_model(m)[0].state_dict() for m in (src, out))
     assert set(want) == set(got)
     for name, tensor in want.items():
         if tensor.is_floating_point():
             assert (got[name] - tensor).abs().max() <= tensor.abs().max() / 254 * 1.001 + 1e-8, name
     rates = [evaluate(asr.load(str(m), device="cpu"), read_manifest(EXAMPLES), 8, seed=0, warmup=False).rates
-             for m in (MINI_DIR, out)]  # fmt: skip
+             for m in (src, out)]  # fmt: skip
     assert abs(rates[0].wer - rates[1].wer) <= 3.0, rates
     again = ship_mini.ship(out, {}, int8=True, out=tmp_path / "again")
     assert {f: (again / f).read_bytes() for f in files} == {f: (out / f).read_bytes() for f in files}
